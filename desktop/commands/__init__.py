@@ -1,0 +1,1 @@
+"""`earshot` subcommands that need no Qt: transcribe, models, eval."""

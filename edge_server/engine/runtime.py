@@ -1,0 +1,104 @@
+"""ONNX Runtime sessions: which flavour is installed, which provider really runs.
+
+onnxruntime and onnxruntime-gpu overwrite each other's files, and onnxruntime-gpu lists
+CUDAExecutionProvider even with no CUDA libraries, so the provider is read back from the
+created session, never from `get_available_providers()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from edge_server.engine.base import EngineError
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+_FLAVOURS = ("onnxruntime", "onnxruntime-gpu")
+
+
+def installed_flavours() -> list[str]:
+    """Which onnxruntime distributions are installed in this environment."""
+    found = []
+    for name in _FLAVOURS:
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def import_onnxruntime():
+    """Import onnxruntime after checking that exactly one flavour is installed."""
+    flavours = installed_flavours()
+    if len(flavours) > 1:
+        raise EngineError(
+            "both onnxruntime and onnxruntime-gpu are installed; they overwrite each other. "
+            "Fix: pip uninstall -y onnxruntime onnxruntime-gpu, then install one "
+            "(pip install 'earshot[cpu]' or 'earshot[gpu]')."
+        )
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise EngineError(
+            "onnxruntime is not installed: pip install 'earshot[cpu]' (or 'earshot[gpu]')"
+        ) from exc
+    return onnxruntime
+
+
+def default_threads() -> int:
+    """Intra-op threads when none are given: the cores this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+@dataclass
+class SessionFactory:
+    """Creates sessions on one device with one thread setting.
+
+    device: 'auto' (CUDA if a session really gets it, else CPU), 'cpu', or 'cuda'
+    (an error if CUDA is not really available). threads: intra-op threads per session.
+    """
+
+    device: str = "auto"
+    threads: int | None = None
+    cuda_device_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise EngineError(f"unknown device '{self.device}' (use one of {', '.join(DEVICES)})")
+        self._ort = import_onnxruntime()
+
+    def create(self, path: Path):
+        """An InferenceSession for `path` on the configured device."""
+        ort = self._ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads or default_threads()
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        providers: list = ["CPUExecutionProvider"]
+        if self.device in ("auto", "cuda") and "CUDAExecutionProvider" in (
+            ort.get_available_providers()
+        ):
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.cuda_device_id}))
+        try:
+            session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise EngineError(f"{path.name}: onnxruntime could not load it: {exc}") from exc
+        actual = session.get_providers()[0]
+        if self.device == "cuda" and actual != "CUDAExecutionProvider":
+            raise EngineError(
+                "device 'cuda' requested but CUDA is not usable here (session runs on "
+                f"{actual}); install earshot[gpu] with a working CUDA 12 runtime, "
+                "or use --device cpu"
+            )
+        log.debug("session %s on %s", path.name, actual)
+        return session

