@@ -99,7 +99,7 @@ class AudioBuffer:
 class Segmenter:
     """One stream's VAD state machine. See the module docstring for the rules."""
 
-    def __init__(self, vad: VadStream, config: SegmenterConfig | None = None) -> None:
+    def __init__(self, vad: VadStream | None, config: SegmenterConfig | None = None) -> None:
         self.vad = vad
         self.config = config or SegmenterConfig()
         c = self.config
@@ -136,11 +136,21 @@ class Segmenter:
         return self._next_id, self._seg_start, self.buffer.slice(self._seg_start, self.buffer.end)
 
     def feed(self, samples: np.ndarray) -> list[Segment]:
-        """Add samples; return the segments this closed (in order)."""
+        """Add samples, running this segmenter's own VAD; return the segments this closed."""
+        assert self.vad is not None, "a Segmenter without a VadStream takes push()"
+        samples = np.asarray(samples, dtype=np.float32)
+        return self.push(samples, self.vad.feed(samples))
+
+    def push(self, samples: np.ndarray, probs: np.ndarray) -> list[Segment]:
+        """Add samples with the VAD probabilities of the windows they completed.
+
+        For callers that run the VAD elsewhere (the server batches it across sessions):
+        `probs` must be what a VadStream fed the same samples would return.
+        """
         samples = np.asarray(samples, dtype=np.float32)
         self.buffer.append(samples)
         closed: list[Segment] = []
-        for prob in self.vad.feed(samples):
+        for prob in probs:
             w0 = self._windows_done * WINDOW
             self._windows_done += 1
             self._step(w0, float(prob), closed)

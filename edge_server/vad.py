@@ -47,22 +47,50 @@ class SileroVad:
 class VadStream:
     """Per-stream VAD state. Feed any number of samples; get one probability per window."""
 
-    def __init__(self, vad: SileroVad) -> None:
+    def __init__(self, vad: SileroVad | None) -> None:
         self.vad = vad
         self.state = np.zeros((2, 1, 128), dtype=np.float32)
         self.context = np.zeros(CONTEXT, dtype=np.float32)
         self.pending = np.zeros(0, dtype=np.float32)
 
-    def feed(self, samples: np.ndarray) -> np.ndarray:
-        """Probabilities for every complete 512-sample window now available (in order)."""
+    def take_windows(self, samples: np.ndarray) -> list[np.ndarray]:
+        """Append samples; return the model inputs (context + window) now complete."""
         buf = np.concatenate([self.pending, samples]) if len(self.pending) else samples
         count = len(buf) // WINDOW
-        probs = np.empty(count, dtype=np.float32)
+        inputs = []
         for k in range(count):
             window = buf[k * WINDOW : (k + 1) * WINDOW]
-            x = np.concatenate([self.context, window])[None]
-            p, self.state = self.vad.run(x, self.state)
-            probs[k] = p[0]
+            inputs.append(np.concatenate([self.context, window]))
             self.context = window[-CONTEXT:]
         self.pending = buf[count * WINDOW :].copy()
+        return inputs
+
+    def feed(self, samples: np.ndarray) -> np.ndarray:
+        """Probabilities for every complete 512-sample window now available (in order)."""
+        assert self.vad is not None
+        inputs = self.take_windows(samples)
+        probs = np.empty(len(inputs), dtype=np.float32)
+        for k, x in enumerate(inputs):
+            p, self.state = self.vad.run(x[None], self.state)
+            probs[k] = p[0]
         return probs
+
+
+def run_batched(vad: SileroVad, jobs: list[tuple[VadStream, list[np.ndarray]]]) -> list[np.ndarray]:
+    """Probabilities for many streams' pending windows with one model call per window index.
+
+    Each stream's windows run in order (the model is recurrent); window k of every stream
+    that has one goes into the k-th batched call. Gives the same numbers as feeding each
+    stream alone. Updates each stream's state.
+    """
+    out = [np.empty(len(w), dtype=np.float32) for _, w in jobs]
+    depth = max((len(w) for _, w in jobs), default=0)
+    for k in range(depth):
+        rows = [i for i, (_, w) in enumerate(jobs) if len(w) > k]
+        x = np.stack([jobs[i][1][k] for i in rows])
+        state = np.concatenate([jobs[i][0].state for i in rows], axis=1)
+        probs, new_state = vad.run(x, state)
+        for j, i in enumerate(rows):
+            out[i][k] = probs[j]
+            jobs[i][0].state = new_state[:, j : j + 1]
+    return out

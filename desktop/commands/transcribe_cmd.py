@@ -29,6 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path,
                    help="output file, or a folder for one file per input (<name>.<format>)")
     add_engine_options(p)
+    p.add_argument("--server", metavar="URL",
+                   help="stream the files to an edge server (http://host:port) instead")
+    p.add_argument("--token", help="the server's token, with --server")
+    p.add_argument("--realtime", action="store_true",
+                   help="with --server: send audio at real-time pace, as a microphone would")
     p.set_defaults(func=run)
 
 
@@ -55,10 +60,17 @@ def write_outputs(results: list[FileResult], fmt: str, output: Path | None) -> N
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    engine = create_engine(args.model, device=args.device, threads=args.threads)
-    transcriber = FileTranscriber(engine, batch_size=args.batch_size,
-                                  across_files=args.batch_across_files)
-    results = list(transcriber.transcribe_files(args.files))
+    if args.server:
+        import asyncio
+
+        from desktop.commands.remote_transcribe import stream_files
+
+        results = asyncio.run(stream_files(args.files, args.server, args.token, args.realtime))
+    else:
+        engine = create_engine(args.model, device=args.device, threads=args.threads)
+        transcriber = FileTranscriber(engine, batch_size=args.batch_size,
+                                      across_files=args.batch_across_files)
+        results = list(transcriber.transcribe_files(args.files))
     for r in results:
         if r.error:
             print(f"earshot: error: {r.error}", file=sys.stderr)

@@ -1,0 +1,59 @@
+"""Transcribe files through an edge server's streaming protocol (`transcribe --server`).
+
+Each file becomes one stream: 100 ms frames, paced at real time with `realtime`, else as
+fast as the server takes them; finals become the transcript's segments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from desktop.stream_client import StreamClient, StreamError
+from edge_server.audio import SAMPLE_RATE, AudioError, audio_duration, read_audio_blocks
+from edge_server.file_transcriber import FileResult
+from edge_server.formats import TimedText, Transcript
+
+FRAME_SAMPLES = SAMPLE_RATE // 10
+
+
+async def stream_file(path: Path, url: str, token: str | None, realtime: bool) -> FileResult:
+    result = FileResult(Path(path))
+    try:
+        duration = audio_duration(path)
+        client = StreamClient(url, token=token, partials=False)
+        await client.connect()
+        sent = 0
+        started = time.monotonic()
+        try:
+            for block in read_audio_blocks(path, block_seconds=1.0):
+                for i in range(0, len(block), FRAME_SAMPLES):
+                    frame = block[i : i + FRAME_SAMPLES]
+                    await client.send_audio(frame)
+                    sent += len(frame)
+                    if realtime:
+                        delay = started + sent / SAMPLE_RATE - time.monotonic()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+            finals = await client.finish(timeout_s=120.0 + duration)
+        except BaseException:
+            await client.close()
+            raise
+    except (AudioError, StreamError) as exc:
+        result.error = f"{path}: {exc}"
+        return result
+    result.transcript = Transcript(str(path), [TimedText(f.start, f.end, f.text) for f in finals
+                                               if f.text], duration)
+    return result
+
+
+async def stream_files(paths: list[Path], url: str, token: str | None, realtime: bool,
+                       concurrency: int = 4) -> list[FileResult]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(p: Path) -> FileResult:
+        async with gate:
+            return await stream_file(p, url, token, realtime)
+
+    return list(await asyncio.gather(*(one(p) for p in paths)))

@@ -1,0 +1,247 @@
+"""Client of the Earshot streaming protocol (docs/protocol.md), used by the desktop app,
+`earshot transcribe --server` and the benchmarks.
+
+`StreamClient` sends audio as numbered PCM16 frames and keeps every frame the server has
+not acknowledged, so a dropped connection is resumed (same session id, `resume`) and the
+missing frames re-sent; finals are de-duplicated by segment id, so each reaches the caller
+exactly once, in order. `finish()` sends `end` and waits for `ended`, with a deadman
+timer for when that signal never comes. All methods run on one asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+
+from edge_server.audio import float_to_pcm16
+from edge_server.background import spawn
+from edge_server.protocol import PROTOCOL_VERSION, STREAM_PATH, encode_frame
+
+log = logging.getLogger(__name__)
+
+
+class StreamError(RuntimeError):
+    """The stream could not continue. `code` is the server's error code or a local one."""
+
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass
+class Final:
+    segment: int
+    start: float
+    end: float
+    text: str
+    error: str | None = None
+    received: float = field(default_factory=time.monotonic)
+
+
+EventCallback = Callable[[dict], None]
+
+
+class StreamClient:
+    def __init__(self, url: str, token: str | None = None, session_id: str | None = None,
+                 sample_rate: int = 16_000, partials: bool = True,
+                 on_event: EventCallback | None = None, resume_window_s: float = 30.0,
+                 connect_timeout_s: float = 10.0) -> None:
+        base = url.rstrip("/")
+        if base.startswith("http"):
+            base = "ws" + base[4:]
+        self.url = base if base.endswith(STREAM_PATH) else base + STREAM_PATH
+        self.token = token
+        self.session_id = session_id or uuid.uuid4().hex
+        self.sample_rate = sample_rate
+        self.partials = partials
+        self.on_event = on_event
+        self.resume_window_s = resume_window_s
+        self.connect_timeout_s = connect_timeout_s
+        self.finals: list[Final] = []
+        self.server: dict = {}
+        self.reconnects = 0
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task | None = None
+        self._unacked: deque[tuple[int, bytes]] = deque()  # (seq, frame bytes)
+        self._next_seq = 0
+        self._acked = -1
+        self._ended = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._fatal: StreamError | None = None
+        self._ending = False
+        self._started = False
+
+    # ---- connection ----------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Open the session (raises StreamError when refused: 503 full, 401, ...)."""
+        self._http = aiohttp.ClientSession()
+        try:
+            await self._open(resume=False)
+        except BaseException:
+            await self._http.close()
+            raise
+        self._started = True
+
+    async def _open(self, resume: bool) -> None:
+        assert self._http is not None
+        try:
+            ws = await self._http.ws_connect(
+                self.url, params={"session": self.session_id}, heartbeat=20.0,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=4 << 20)
+        except aiohttp.WSServerHandshakeError as exc:
+            retry = exc.headers.get("Retry-After") if exc.headers else None
+            code = {503: "overloaded", 429: "rate_limited"}.get(exc.status, f"http_{exc.status}")
+            raise StreamError(code, f"server refused the stream (HTTP {exc.status})",
+                              float(retry) if retry else None) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise StreamError("unreachable", f"cannot reach {self.url}: {exc}") from None
+        last_final = self.finals[-1].segment if self.finals else -1
+        await ws.send_str(json.dumps({
+            "type": "hello", "protocol": PROTOCOL_VERSION, "session": self.session_id,
+            "token": self.token, "resume": resume, "last_final": last_final,
+            "partials": self.partials,
+            "audio": {"encoding": "pcm_s16le", "sample_rate": self.sample_rate, "channels": 1},
+        }))
+        msg = await ws.receive(timeout=self.connect_timeout_s)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            await ws.close()
+            raise StreamError("closed", f"server closed the stream before ready ({ws.close_code})")
+        data = json.loads(msg.data)
+        if data.get("type") == "error":
+            await ws.close()
+            raise StreamError(data["code"], data["message"])
+        if data.get("type") != "ready":
+            await ws.close()
+            raise StreamError("bad_message", f"expected ready, got {data.get('type')}")
+        self.server = data.get("server", {})
+        self._ws = ws
+        self._drop_acked(data["next_seq"] - 1)
+        i = 0
+        while i < len(self._unacked):  # resend what the server lacks, and frames added meanwhile
+            seq, frame = self._unacked[i]
+            i += 1
+            if seq >= data["next_seq"]:
+                await ws.send_bytes(frame)
+        if self._ending:
+            await ws.send_str(json.dumps({"type": "end"}))
+        self._connected.set()
+        self._reader = asyncio.get_running_loop().create_task(self._read(ws))
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            kind = data.get("type")
+            if kind == "ack":
+                self._drop_acked(data["seq"])
+            elif kind == "final":
+                self._on_final(data)
+            elif kind == "ended":
+                self._ended.set()
+            elif kind == "error" and data.get("fatal", True):
+                self._fatal = StreamError(data["code"], data["message"])
+            if self.on_event is not None and kind != "ack":
+                self.on_event(data)
+        if self._ws is ws:
+            self._connected.clear()
+            if not self._ended.is_set() and self._fatal is None:
+                spawn(self._reconnect(), "stream-reconnect")
+            elif self._fatal is not None:
+                self._ended.set()
+
+    async def _reconnect(self) -> None:
+        deadline = time.monotonic() + self.resume_window_s
+        delay = 0.2
+        while time.monotonic() < deadline and not self._ended.is_set():
+            try:
+                await self._open(resume=True)
+                self.reconnects += 1
+                log.info("stream %s resumed", self.session_id)
+                return
+            except StreamError as exc:
+                if exc.code in ("session_unknown", "unauthorized", "unsupported_version"):
+                    self._fatal = exc
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self._fatal = self._fatal or StreamError("unreachable", "connection lost; resume failed")
+        self._ended.set()
+
+    def _drop_acked(self, seq: int) -> None:
+        self._acked = max(self._acked, seq)
+        while self._unacked and self._unacked[0][0] <= self._acked:
+            self._unacked.popleft()
+
+    def _on_final(self, data: dict) -> None:
+        if self.finals and data["segment"] <= self.finals[-1].segment:
+            return  # a re-sent final we already hold
+        self.finals.append(Final(data["segment"], data["start"], data["end"], data["text"],
+                                 data.get("error")))
+
+    # ---- audio -------------------------------------------------------------------------
+    async def send_pcm16(self, pcm16: bytes) -> None:
+        """Send one frame of PCM16 LE mono at `sample_rate`. Raises StreamError if fatal."""
+        if self._fatal is not None:
+            raise self._fatal
+        frame = encode_frame(self._next_seq, pcm16)
+        self._unacked.append((self._next_seq, frame))
+        self._next_seq += 1
+        if self._connected.is_set() and self._ws is not None:
+            with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+                await self._ws.send_bytes(frame)
+
+    async def send_audio(self, samples: np.ndarray) -> None:
+        await self.send_pcm16(float_to_pcm16(samples))
+
+    async def finish(self, timeout_s: float = 60.0) -> list[Final]:
+        """Send `end`, wait for `ended` (deadman: StreamError 'timeout'), close, return finals."""
+        self._ending = True
+        if self._connected.is_set() and self._ws is not None:
+            with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+                await self._ws.send_str(json.dumps({"type": "end"}))
+        return await self.wait_ended(timeout_s)
+
+    async def wait_ended(self, timeout_s: float) -> list[Final]:
+        """Wait for `ended` (the server ending the turn, e.g. when it shuts down), close."""
+        try:
+            await asyncio.wait_for(self._ended.wait(), timeout_s)
+        except TimeoutError:
+            raise StreamError("timeout", f"no 'ended' within {timeout_s:g} s") from None
+        finally:
+            await self.close()
+        if self._fatal is not None:
+            raise self._fatal
+        return self.finals
+
+    async def close(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+
+    async def drop_connection(self) -> None:
+        """Close the socket without ending the session (tests and failover drills)."""
+        if self._ws is not None:
+            await self._ws.close(code=4000)
+
+    @property
+    def unacked_frames(self) -> int:
+        return len(self._unacked)

@@ -1,0 +1,148 @@
+"""The edge server as an object: engine workers, VAD, scheduler, sessions, HTTP routes.
+
+`EdgeServer(settings).make_app()` builds the aiohttp application. Workers load in the
+background at startup; `/healthz` says 503 "starting" until one is ready, and stream
+connections are refused with 503 until then. `drain()` implements graceful shutdown:
+refuse new sessions, end every connected session (flush its open segment), deliver the
+finals, then stop the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter
+
+from aiohttp import web
+
+from edge_server.config import ServerSettings
+from edge_server.protocol import PROTOCOL_VERSION, STREAM_PATH, ErrorCode, error_message
+from edge_server.scheduler import Scheduler
+from edge_server.sessions import SessionRegistry
+from edge_server.vad import SileroVad
+from edge_server.vad_service import VadService
+from edge_server.workers import WorkerConfig, WorkerPool
+from edge_server.ws_handler import stream_handler
+
+log = logging.getLogger(__name__)
+
+
+class EdgeServer:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.server_id = uuid.uuid4().hex[:12]
+        self.pool = WorkerPool(WorkerConfig(
+            model_id=settings.model, device=settings.device, threads=settings.threads,
+            workers=settings.workers, noop=settings.noop_engine))
+        self.vad = VadService(None if settings.noop_engine else SileroVad())
+        self.scheduler = Scheduler(self.pool, self._deliver, settings.max_batch,
+                                   settings.max_wait_ms, settings.degrade_after_s)
+        self.registry = SessionRegistry(settings, self.vad, self.scheduler)
+        self.connections_per_ip: dict[str, int] = {}
+        self.stats: Counter = Counter()
+        self.draining = False
+        self.started = time.monotonic()
+        self.startup_error: str | None = None
+        self._startup: asyncio.Task | None = None
+
+    def _deliver(self, req, text, error) -> None:
+        self.registry.deliver(req, text, error)
+
+    # ---- admission -----------------------------------------------------------------------
+    def capacity(self) -> int | None:
+        """Streams the measured decode speed supports (None until measured)."""
+        if self.scheduler.stats.batches < 20:
+            return None
+        return max(1, int(self.pool.speed() * 0.8))
+
+    def admission_refusal(self) -> str | None:
+        """Why a new session is refused right now, or None to admit it."""
+        if self.draining:
+            return "server is shutting down"
+        if self.pool.ready_count == 0:
+            return "server is starting (models loading)"
+        if self.registry.active >= self.settings.max_sessions:
+            return f"server is full ({self.settings.max_sessions} sessions)"
+        if self.scheduler.oldest_final_wait() > self.settings.overload_after_s:
+            return "server is overloaded (decode queue is behind)"
+        cap = self.capacity()
+        if cap is not None and self.registry.active >= cap:
+            return f"server is at its measured capacity ({cap} streams)"
+        return None
+
+    def describe(self) -> dict:
+        info = self.pool.info
+        return {"id": self.server_id, "model": info.get("model"),
+                "device": info.get("device"), "provider": info.get("provider"),
+                "workers": self.settings.workers}
+
+    # ---- app -----------------------------------------------------------------------------
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app["earshot"] = self
+        app.router.add_get(STREAM_PATH, stream_handler)
+        app.router.add_get("/healthz", self.healthz)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, app: web.Application) -> None:
+        self.scheduler.start()
+        self.registry.start()
+        self._startup = asyncio.get_running_loop().create_task(self._start_workers())
+
+    async def _start_workers(self) -> None:
+        try:
+            await self.pool.start()
+        except Exception as exc:
+            self.startup_error = str(exc)
+            log.error("workers failed to start: %s", exc)
+            return
+        info = self.pool.info
+        log.info("ready: model %s on %s, %d worker(s)", info.get("model"), info.get("provider"),
+                 self.settings.workers)
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        if self._startup:
+            self._startup.cancel()
+        await self.registry.stop()
+        await self.scheduler.stop()
+        await self.pool.stop()
+        self.vad.close()
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        ready = self.pool.ready_count > 0 and not self.draining
+        status = "draining" if self.draining else "ready" if ready else (
+            "failed" if self.startup_error else "starting")
+        body = {
+            "status": status, "protocol": PROTOCOL_VERSION, "server": self.describe(),
+            "workers_ready": self.pool.ready_count, "worker_restarts": self.pool.restart_count,
+            "worker_pids": self.pool.pids(),
+            "sessions": self.registry.active, "queue_depth": self.scheduler.queue_depth,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "error": self.startup_error,
+            "counters": dict(self.stats),
+        }
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Graceful shutdown: end every session, deliver its finals, within `timeout`."""
+        self.draining = True
+        sessions = list(self.registry.sessions.values())
+        for s in sessions:
+            if s.conn is not None and not s.ending:
+                s.conn.send(error_message(ErrorCode.SHUTTING_DOWN,
+                                          "server is shutting down; this turn ends now",
+                                          fatal=False))
+            async with s.lock:
+                await s.end()
+        try:
+            await asyncio.wait_for(self.scheduler.wait_idle(), timeout)
+        except TimeoutError:
+            log.warning("drain timed out with %d request(s) queued", self.scheduler.queue_depth)
+        await asyncio.sleep(0.2)  # let writers flush `ended`
+        for s in sessions:
+            if s.conn is not None:
+                s.conn.close(1001, "server shutting down")

@@ -1,0 +1,99 @@
+"""`earshot-server`: the edge server (headless: needs no Qt and no PortAudio).
+
+Starts the HTTP/WebSocket server, loads the engine in worker processes, and prints
+`earshot-server listening on http://HOST:PORT` once the socket is bound. SIGTERM or
+SIGINT drains: new sessions are refused, open segments are finished and their finals
+delivered, clients are told, then the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from edge_server.config import ServerSettings, load_settings
+from edge_server.engine.runtime import DEVICES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServerSettings()
+    p = argparse.ArgumentParser(prog="earshot-server", description=__doc__.split("\n")[0])
+    p.add_argument("--config", type=Path, help="TOML file with any of the settings below")
+    p.add_argument("--host", help=f"address to bind (default {d.host})")
+    p.add_argument("--port", type=int, help=f"port (default {d.port}; 0 picks a free one)")
+    p.add_argument("--model", help="catalog model id (default: moonshine-tiny-en)")
+    p.add_argument("--device", choices=DEVICES, help="inference device (default auto)")
+    p.add_argument("--workers", type=int, help=f"worker processes (default {d.workers})")
+    p.add_argument("--threads", type=int, help="onnxruntime threads per worker")
+    p.add_argument("--token", help="token clients must present (default: none)")
+    p.add_argument("--max-sessions", type=int, help=f"default {d.max_sessions}")
+    p.add_argument("--max-batch", type=int, help=f"default {d.max_batch}")
+    p.add_argument("--max-wait-ms", type=float, help=f"default {d.max_wait_ms:g}")
+    p.add_argument("--partial-interval-ms", type=int, help=f"default {d.partial_interval_ms}")
+    p.add_argument("--endpoint-ms", type=int, help="trailing silence that ends a segment")
+    p.add_argument("--max-segment-s", type=float, help="longest segment before a cut")
+    p.add_argument("--resume-grace-s", type=float, help=f"default {d.resume_grace_s:g}")
+    p.add_argument("--noop-engine", action="store_true", default=None,
+                   help="no inference (measures the server's own overhead)")
+    p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+async def serve(settings: ServerSettings) -> None:
+    from edge_server.app import EdgeServer
+
+    server = EdgeServer(settings)
+    runner = web.AppRunner(server.make_app(), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=5)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+    print(f"earshot-server listening on http://{settings.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger(__name__).info("draining")
+    await server.drain()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "verbose")}
+    try:
+        settings = load_settings(args.config, overrides)
+    except ValueError as exc:
+        print(f"earshot-server: error: {exc}", file=sys.stderr)
+        return 2
+    from edge_server.logging_setup import configure
+
+    configure(settings.log_json, logging.DEBUG if args.verbose else logging.INFO)
+    from edge_server.engine import EngineError
+    from edge_server.engine.runtime import import_onnxruntime
+    from models.catalog import UnknownModelError, load_catalog
+    from models.store import ModelNotReadyError, require_model
+
+    try:
+        import_onnxruntime()
+        if not settings.noop_engine:
+            catalog = load_catalog()
+            require_model(settings.model or catalog.default_asr)
+            require_model(catalog.default_vad)
+        asyncio.run(serve(settings))
+    except (ModelNotReadyError, EngineError, UnknownModelError, OSError) as exc:
+        print(f"earshot-server: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

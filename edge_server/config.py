@@ -1,0 +1,59 @@
+"""Server settings: defaults, a TOML config file, and command-line overrides."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from edge_server.segmenter import SegmenterConfig
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    model: str | None = None
+    device: str = "auto"
+    workers: int = 1
+    threads: int | None = None
+    token: str | None = None
+    noop_engine: bool = False  # no inference at all: measures the server's own overhead
+    max_sessions: int = 64
+    max_batch: int = 16
+    max_wait_ms: float = 10.0
+    partial_interval_ms: int = 500
+    degrade_after_s: float = 0.8  # partials pause while a final has waited this long
+    overload_after_s: float = 2.0  # new sessions refused while a final has waited this long
+    resume_grace_s: float = 60.0
+    handshake_timeout_s: float = 10.0
+    idle_timeout_s: float = 120.0
+    max_frame_ms: int = 2000  # largest audio frame accepted
+    max_realtime_factor: float = 100.0  # audio faster than this times real time is refused
+    max_connections_per_ip: int = 600
+    max_pending_finals: int = 32  # a session's queued finals before its reads pause
+    retry_after_s: int = 5
+    log_json: bool = False
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+
+
+SEGMENTER_KEYS = {f.name for f in fields(SegmenterConfig)}
+
+
+def load_settings(path: Path | None, overrides: dict) -> ServerSettings:
+    """Defaults <- TOML file (flat keys; segmenter keys under [segmenter]) <- overrides."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"config file {path}: {exc}") from None
+    seg = dict(data.pop("segmenter", {}))
+    known = {f.name for f in fields(ServerSettings)} - {"segmenter"}
+    unknown = (set(data) - known) | (set(seg) - SEGMENTER_KEYS)
+    if unknown:
+        raise ValueError(f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}")
+    data.update({k: v for k, v in overrides.items() if v is not None and k in known})
+    seg.update({k: v for k, v in overrides.items() if v is not None and k in SEGMENTER_KEYS})
+    settings = replace(ServerSettings(), **data)
+    return replace(settings, segmenter=replace(settings.segmenter, **seg))

@@ -1,0 +1,65 @@
+"""Refusing sessions at the door (503 + Retry-After) and draining on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from desktop.stream_client import StreamClient, StreamError
+from edge_server.audio import read_audio
+from tests.conftest import DEV
+from tests.server_harness import start_server
+
+
+def test_full_server_refuses_with_503_and_retry_after():
+    server = start_server("--noop-engine", "--max-sessions", "1")
+    try:
+        async def go():
+            first = StreamClient(server.url)
+            await first.connect()
+            second = StreamClient(server.url)
+            with pytest.raises(StreamError) as err:
+                await second.connect()
+            await first.send_audio(np.zeros(1600, np.float32))
+            await first.finish(10)
+            return err.value
+
+        refused = asyncio.run(go())
+        assert refused.code == "overloaded" and refused.retry_after == 5.0
+        assert server.health()["counters"]["sessions_rejected"] == 1
+    finally:
+        server.stop()
+
+
+def test_sigterm_drains_open_segments_and_ends_turns():
+    server = start_server()
+    audio = read_audio(DEV / "sherpa-test-wavs/1.wav")[: 16000 * 6]  # stops mid-sentence
+    try:
+        events: list = []
+
+        async def go():
+            client = StreamClient(server.url, on_event=lambda e: events.append(e))
+            await client.connect()
+            for i in range(0, len(audio), 1600):
+                await client.send_audio(audio[i : i + 1600])
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)
+            server.proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            finals = await client.wait_ended(30)  # no `end`: the server ends the turn
+            return finals, time.monotonic() - started
+
+        finals, waited = asyncio.run(go())
+        assert server.proc.wait(30) == 0
+        kinds = [e["type"] for e in events]
+        assert "error" in kinds and kinds[-1] == "ended"
+        notice = next(e for e in events if e["type"] == "error")
+        assert notice["code"] == "shutting_down" and notice["fatal"] is False
+        assert len(finals) == 1 and "consequence" in finals[0].text.lower()
+        assert waited < 30
+    finally:
+        server.stop(signal.SIGKILL)
