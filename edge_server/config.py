@@ -22,7 +22,7 @@ class ServerSettings:
     max_sessions: int = 64
     max_batch: int = 16
     max_wait_ms: float = 10.0
-    partial_interval_ms: int = 500
+    partial_interval_ms: int = 400
     degrade_after_s: float = 0.8  # partials pause while a final has waited this long
     overload_after_s: float = 2.0  # new sessions refused while a final has waited this long
     resume_grace_s: float = 60.0

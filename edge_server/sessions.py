@@ -60,9 +60,9 @@ class Session:
         self.segments_submitted = 0
         self.pending_finals = 0
         self.partial_in_flight = False
-        self._last_partial_at = 0.0
         self._last_partial_samples = 0
         self._partial_segment = -1
+        self._told_degraded = False
         self.ending = False
         self.ended = False
         self.started = time.monotonic()
@@ -147,21 +147,29 @@ class Session:
             self.id, segment.id, "final", segment.audio, segment.start, segment.end,
             speech_end=time.monotonic()))
 
+    def _tell_load(self) -> bool:
+        """Tell the client when partials pause because the server is behind, and resume."""
+        degraded = self.scheduler.degraded
+        if degraded != self._told_degraded:
+            self._told_degraded = degraded
+            self._send({"type": "status", "state": "degraded" if degraded else "normal",
+                        "message": "server is behind: partials paused, finals continue"
+                        if degraded else "partials resumed"})
+        return degraded
+
     def _maybe_partial(self) -> None:
-        if not self.partials or self.partial_in_flight or self.scheduler.degraded:
+        if self._tell_load() or not self.partials or self.partial_in_flight:
             return
         opened = self.segmenter.open_segment()
         if opened is None:
             return
         seg_id, start, audio = opened
-        now = time.monotonic()
-        if (now - self._last_partial_at) * 1000 < self.settings.partial_interval_ms:
+        # cadence in stream time: one partial per `partial_interval_ms` of new audio (so a
+        # real-time stream gets them at that wall-clock pace, never faster than decoded)
+        step = self.settings.partial_interval_ms * SAMPLE_RATE // 1000
+        if seg_id == self._partial_segment and len(audio) - self._last_partial_samples < step:
             return
-        grown = len(audio) - self._last_partial_samples
-        if seg_id == self._partial_segment and grown < SAMPLE_RATE // 5:
-            return  # less than 200 ms of new audio since the last partial
         self.partial_in_flight = True
-        self._last_partial_at = now
         self._last_partial_samples = len(audio)
         self._partial_segment = seg_id
         self.scheduler.submit(DecodeRequest(self.id, seg_id, "partial", audio, start,
