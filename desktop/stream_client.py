@@ -83,6 +83,7 @@ class StreamClient:
         self._fatal: StreamError | None = None
         self._ending = False
         self._started = False
+        self.server_ending = False  # the server ended the turn early (it is shutting down)
 
     # ---- connection ----------------------------------------------------------------------
     async def connect(self) -> None:
@@ -152,6 +153,8 @@ class StreamClient:
                 self._on_final(data)
             elif kind == "ended":
                 self._ended.set()
+            elif kind == "error" and data.get("code") == "shutting_down":
+                self.server_ending = True  # keep later audio: it is not transcribed here
             elif kind == "error" and data.get("fatal", True):
                 self._fatal = StreamError(data["code"], data["message"])
             if self.on_event is not None and kind != "ack":
@@ -200,7 +203,7 @@ class StreamClient:
         frame = encode_frame(self._next_seq, pcm16)
         self._unacked.append((self._next_seq, frame))
         self._next_seq += 1
-        if self._connected.is_set() and self._ws is not None:
+        if self._connected.is_set() and self._ws is not None and not self.server_ending:
             with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
                 await self._ws.send_bytes(frame)
 

@@ -137,6 +137,8 @@ class EdgeServer:
                                           "server is shutting down; this turn ends now",
                                           fatal=False))
             async with s.lock:
+                if not s.ending:
+                    s.server_ended = True
                 await s.end()
         try:
             await asyncio.wait_for(self.scheduler.wait_idle(), timeout)

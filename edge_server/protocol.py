@@ -25,7 +25,7 @@ MAX_SESSION_ID = 128
 
 class ErrorCode(StrEnum):
     BAD_MESSAGE = "bad_message"  # not JSON, unknown type, missing/invalid field
-    BAD_FRAME = "bad_frame"  # binary frame too short, odd PCM length, audio before hello
+    BAD_FRAME = "bad_frame"  # binary frame too short, odd PCM length, audio after `end`
     FRAME_TOO_LARGE = "frame_too_large"
     SEQUENCE_GAP = "sequence_gap"  # a frame skipped sequence numbers
     UNSUPPORTED_VERSION = "unsupported_version"
@@ -140,6 +140,9 @@ def parse_hello(msg: dict) -> Hello:
     encoding = audio.get("encoding", "pcm_s16le")
     rate = audio.get("sample_rate", 16_000)
     channels = audio.get("channels", 1)
+    if not isinstance(rate, int) or isinstance(rate, bool) or type(channels) is not int:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE,
+                            "hello: audio.sample_rate and audio.channels must be integers")
     if encoding != "pcm_s16le" or channels != 1:
         raise ProtocolError(ErrorCode.UNSUPPORTED_AUDIO,
                             "audio must be pcm_s16le mono (got "

@@ -87,11 +87,19 @@ class Scheduler:
             self.finals.append(req)
             old = self.partials.get(req.session_id)
             if old is not None and old.segment_id <= req.segment_id:
-                del self.partials[req.session_id]
+                self._drop_partial(req.session_id)
         else:
+            if req.session_id in self.partials:
+                self._drop_partial(req.session_id)
             self.partials[req.session_id] = req
         self._idle.clear()
         self._wake.set()
+
+    def _drop_partial(self, session_id: str) -> None:
+        """Discard a queued partial; its session hears (text None) so it may ask again."""
+        req = self.partials.pop(session_id)
+        self.stats.partials_dropped += 1
+        self.on_result(req, None, None)
 
     def drop_session(self, session_id: str) -> None:
         """Forget queued work of a session that is gone (in-flight work completes)."""
@@ -152,13 +160,14 @@ class Scheduler:
     def _take_batch(self) -> list[DecodeRequest]:
         if self.finals and self.finals[0].solo:
             return [self.finals.popleft()]
+        degraded = self.degraded  # judged before this batch takes the waiting finals
         batch: list[DecodeRequest] = []
         while self.finals and len(batch) < self.max_batch and not self.finals[0].solo:
             batch.append(self.finals.popleft())
         if len(batch) < self.max_batch and self.partials:
-            if self.degraded:
-                self.stats.partials_dropped += len(self.partials)
-                self.partials.clear()
+            if degraded:
+                for session_id in list(self.partials):
+                    self._drop_partial(session_id)
             else:
                 for req in sorted(self.partials.values(), key=lambda r: r.created):
                     if len(batch) >= self.max_batch:

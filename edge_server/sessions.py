@@ -64,6 +64,7 @@ class Session:
         self._partial_segment = -1
         self._told_degraded = False
         self.ending = False
+        self.server_ended = False  # the turn was ended by the server (drain), not the client
         self.ended = False
         self.started = time.monotonic()
         self.expires_at: float | None = None
@@ -84,6 +85,9 @@ class Session:
         for msg in self.finals:
             if msg["segment"] > last_final:
                 conn.send(msg)
+        if self._told_degraded:
+            conn.send({"type": "status", "state": "degraded",
+                       "message": "server is behind: partials paused, finals continue"})
         if self.ended:
             conn.send(self._ended_message())
             conn.close(1000, "ended")
@@ -106,6 +110,8 @@ class Session:
             raise ProtocolError(ErrorCode.SEQUENCE_GAP,
                                 f"frame {seq} arrived but {self.next_seq} was expected")
         if self.ending:
+            if self.server_ended:
+                return False  # the server ended this turn (shutdown) and said so; not acked
             raise ProtocolError(ErrorCode.BAD_FRAME, "audio after 'end'")
         samples = pcm16_to_float(pcm16)
         self.audio_received_s += len(samples) / self.sample_rate
@@ -247,6 +253,12 @@ class SessionRegistry:
         session = self.sessions.get(req.session_id)
         if session is not None:
             session.on_result(req, text, error)
+
+    def discard(self, session: Session) -> None:
+        """Forget a session at once (after a fatal protocol error)."""
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+            self.scheduler.drop_session(session.id)
 
     def _ended(self, session: Session) -> None:
         # keep an ended session for the grace period so a client that lost `ended` can resume

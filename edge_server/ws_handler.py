@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ACK_INTERVAL_S = 0.2
+MAX_MESSAGE_BYTES = 4 << 20
 _CLOSE = object()
 
 
@@ -63,7 +64,8 @@ class WsConnection:
             while True:
                 item = await self.queue.get()
                 if isinstance(item, tuple) and item[0] is _CLOSE:
-                    await self.ws.close(code=item[1], message=item[2].encode()[:120])
+                    reason = item[2].encode()[:120].decode("utf-8", "ignore").encode()
+                    await self.ws.close(code=item[1], message=reason)
                     return
                 await self.ws.send_str(item)
         except (ConnectionError, RuntimeError):
@@ -80,7 +82,8 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     settings = server.settings
     peer = request.remote or "?"
     resuming = request.query.get("session")
-    if not (resuming and server.registry.get(resuming)):
+    bypass = resuming if resuming and server.registry.get(resuming) else None
+    if bypass is None:
         reason = server.admission_refusal()
         if reason is not None:
             server.stats["sessions_rejected"] += 1
@@ -89,14 +92,17 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
         server.stats["sessions_rejected"] += 1
         return _refuse(429, ErrorCode.RATE_LIMITED, "too many connections from this address",
                        settings.retry_after_s)
-    max_frame = settings.max_frame_ms * 48 * 2  # bytes at the highest accepted rate
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=max_frame + 4096)
+    # frames up to 4 MiB get a structured `frame_too_large`; beyond that aiohttp closes (1009)
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     server.connections_per_ip[peer] = server.connections_per_ip.get(peer, 0) + 1
     conn = WsConnection(ws, peer)
     session: Session | None = None
     try:
         hello = await _receive_hello(ws, settings.handshake_timeout_s)
+        if bypass is not None and (not hello.resume or hello.session != bypass):
+            raise ProtocolError(ErrorCode.OVERLOADED,
+                                "the ?session= query must name the session being resumed")
         session = _open_session(server, hello, conn)
         await _serve(server, session, conn, ws, hello)
     except ProtocolError as exc:
@@ -104,6 +110,10 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
         server.stats["protocol_errors"] += 1
         conn.send(error_message(exc.code, exc.message))
         conn.close(exc.close_code, exc.message)
+        if session is not None and exc.code != ErrorCode.SESSION_REPLACED:
+            session.detach(conn)
+            server.registry.discard(session)  # a broken stream is not resumable
+            session = None
     except Exception:
         log.exception("internal error on a stream from %s", peer)
         conn.send(error_message(ErrorCode.INTERNAL, "internal server error"))
@@ -165,12 +175,16 @@ async def _serve(server: EdgeServer, session: Session, conn: WsConnection,
     max_payload = settings.max_frame_ms * hello.sample_rate // 1000 * 2
     last_ack = 0.0
     acked = session.next_seq - 1
+    last_message = time.monotonic()
     while not session.ended and not conn.closing:
+        # our own deadline: aiohttp's receive timeout restarts on heartbeat pongs
+        remaining = settings.idle_timeout_s - (time.monotonic() - last_message)
         try:
-            msg = await ws.receive(timeout=settings.idle_timeout_s)
+            msg = await asyncio.wait_for(ws.receive(), max(remaining, 0.001))
         except TimeoutError:
             raise ProtocolError(ErrorCode.IDLE_TIMEOUT,
                                 f"nothing received for {settings.idle_timeout_s:g} s") from None
+        last_message = time.monotonic()
         if msg.type == WSMsgType.BINARY:
             seq, pcm = decode_frame(msg.data, max_payload)
             async with session.lock:

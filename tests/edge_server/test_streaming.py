@@ -176,3 +176,25 @@ def test_client_reports_refusal_by_token(server):
 
     with pytest.raises(StreamError, match="unauthorized"):
         run(go())
+
+
+def test_session_query_cannot_smuggle_a_new_session_past_admission(server):
+    async def go():
+        owner = StreamClient(server.url, token=TOKEN)
+        await owner.connect()
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+                server.url + "/v1/stream", params={"session": owner.session_id}) as ws:
+            await ws.send_str(hello())  # a different, new session id
+            msgs = [json.loads(m.data) async for m in ws if m.type == aiohttp.WSMsgType.TEXT]
+            code = ws.close_code
+        await owner.send_audio(np.zeros(1600, np.float32))
+        await owner.finish(20)
+        return msgs, code
+
+    msgs, code = run(go())
+    assert msgs[-1]["code"] == "overloaded" and code == 4503
+
+
+def test_hello_with_float_rate_is_refused(server):
+    error, close = run(raw_exchange(server.url, [hello(audio={"sample_rate": 16000.0})]))
+    assert (error["code"], close) == ("bad_message", 4400)
