@@ -76,6 +76,7 @@ class StreamClient:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task | None = None
         self._unacked: deque[tuple[int, bytes]] = deque()  # (seq, frame bytes)
+        self._sent_at: deque[float] = deque()  # send time of each unacked frame
         self._next_seq = 0
         self._acked = -1
         self._ended = asyncio.Event()
@@ -149,8 +150,8 @@ class StreamClient:
             kind = data.get("type")
             if kind == "ack":
                 self._drop_acked(data["seq"])
-            elif kind == "final":
-                self._on_final(data)
+            elif kind == "final" and not self._on_final(data):
+                continue  # a final re-sent after a resume that we already hold
             elif kind == "ended":
                 self._ended.set()
             elif kind == "error" and data.get("code") == "shutting_down":
@@ -188,12 +189,15 @@ class StreamClient:
         self._acked = max(self._acked, seq)
         while self._unacked and self._unacked[0][0] <= self._acked:
             self._unacked.popleft()
+            self._sent_at.popleft()
 
-    def _on_final(self, data: dict) -> None:
+    def _on_final(self, data: dict) -> bool:
+        """Keep a final; False if it is one we already hold (re-sent on resume)."""
         if self.finals and data["segment"] <= self.finals[-1].segment:
-            return  # a re-sent final we already hold
+            return False
         self.finals.append(Final(data["segment"], data["start"], data["end"], data["text"],
                                  data.get("error")))
+        return True
 
     # ---- audio -------------------------------------------------------------------------
     async def send_pcm16(self, pcm16: bytes) -> None:
@@ -202,6 +206,7 @@ class StreamClient:
             raise self._fatal
         frame = encode_frame(self._next_seq, pcm16)
         self._unacked.append((self._next_seq, frame))
+        self._sent_at.append(time.monotonic())
         self._next_seq += 1
         if self._connected.is_set() and self._ws is not None and not self.server_ending:
             with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
@@ -248,3 +253,16 @@ class StreamClient:
     @property
     def unacked_frames(self) -> int:
         return len(self._unacked)
+
+    def oldest_unacked_age(self) -> float:
+        """Seconds the oldest frame has waited for its ack (0 when all are acked)."""
+        return time.monotonic() - self._sent_at[0] if self._sent_at else 0.0
+
+    @property
+    def failed(self) -> StreamError | None:
+        """The fatal error that ended this stream, if any."""
+        return self._fatal
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()

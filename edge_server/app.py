@@ -24,7 +24,7 @@ from edge_server.sessions import SessionRegistry
 from edge_server.vad import SileroVad
 from edge_server.vad_service import VadService
 from edge_server.workers import WorkerConfig, WorkerPool
-from edge_server.ws_handler import stream_handler
+from edge_server.ws_handler import SERVER_KEY, stream_handler
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ class EdgeServer:
             workers=settings.workers, noop=settings.noop_engine))
         self.vad = VadService(None if settings.noop_engine else SileroVad())
         self.scheduler = Scheduler(self.pool, self._deliver, settings.max_batch,
-                                   settings.max_wait_ms, settings.degrade_after_s)
+                                   settings.max_wait_ms, settings.degrade_after_s,
+                                   settings.partial_budget_s)
         self.registry = SessionRegistry(settings, self.vad, self.scheduler)
         self.connections_per_ip: dict[str, int] = {}
         self.stats: Counter = Counter()
@@ -81,7 +82,7 @@ class EdgeServer:
     # ---- app -----------------------------------------------------------------------------
     def make_app(self) -> web.Application:
         app = web.Application()
-        app["earshot"] = self
+        app[SERVER_KEY] = self
         app.router.add_get(STREAM_PATH, stream_handler)
         app.router.add_get("/healthz", self.healthz)
         app.on_startup.append(self._on_startup)

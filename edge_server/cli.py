@@ -50,9 +50,10 @@ async def serve(settings: ServerSettings) -> None:
     from edge_server.app import EdgeServer
 
     server = EdgeServer(settings)
-    runner = web.AppRunner(server.make_app(), handle_signals=False, access_log=None)
+    runner = web.AppRunner(server.make_app(), handle_signals=False, access_log=None,
+                            shutdown_timeout=5)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=5)
+    site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
     print(f"earshot-server listening on http://{settings.host}:{port}", flush=True)

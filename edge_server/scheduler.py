@@ -5,6 +5,8 @@ Sessions `submit()` decode requests; the scheduler forms batches of up to `max_b
 the `WorkerPool`, and hands every result to `on_result(request, text, error)`.
 - Finals are taken in arrival order before any partial.
 - A session has at most one queued partial: a newer one replaces it (coalescing).
+- Partials fill a batch only up to `partial_budget_s` of audio, so a batch of partials
+  frees its worker quickly and a final arriving meanwhile never waits behind much work.
 - Partials are skipped while the oldest final has waited more than `degrade_after_s`
   (load shedding: partials degrade before finals).
 - A batch whose worker died is requeued with each request alone; a request that has now
@@ -43,6 +45,7 @@ class DecodeRequest:
     speech_end: float = 0.0  # monotonic time the audio's end was received (finals)
     crashes: int = 0
     solo: bool = False  # run alone (after a crash)
+    cut: bool = False  # a final of speech cut short by the server ending the turn (drain)
 
     @property
     def seconds(self) -> float:
@@ -66,7 +69,9 @@ class SchedulerStats:
 
 class Scheduler:
     def __init__(self, pool: WorkerPool, on_result: ResultCallback, max_batch: int = 16,
-                 max_wait_ms: float = 10.0, degrade_after_s: float = 0.8) -> None:
+                 max_wait_ms: float = 10.0, degrade_after_s: float = 0.8,
+                 partial_budget_s: float = 6.0) -> None:
+        self.partial_budget = partial_budget_s
         self.pool = pool
         self.on_result = on_result
         self.max_batch = max_batch
@@ -169,9 +174,11 @@ class Scheduler:
                 for session_id in list(self.partials):
                     self._drop_partial(session_id)
             else:
+                budget = self.partial_budget
                 for req in sorted(self.partials.values(), key=lambda r: r.created):
-                    if len(batch) >= self.max_batch:
+                    if len(batch) >= self.max_batch or (budget < req.seconds and batch):
                         break
+                    budget -= req.seconds
                     batch.append(self.partials.pop(req.session_id))
         return batch
 

@@ -141,17 +141,17 @@ class Session:
             if len(tail):
                 await self._segment(tail)
         for segment in self.segmenter.flush():
-            self._submit_final(segment)
+            self._submit_final(segment, cut=self.server_ended)
         self.ending = True
         self._check_ended()
 
-    def _submit_final(self, segment: Segment) -> None:
+    def _submit_final(self, segment: Segment, cut: bool = False) -> None:
         self.segments_submitted = segment.id + 1
         self.pending_finals += 1
         self._finals_drained.clear()
         self.scheduler.submit(DecodeRequest(
             self.id, segment.id, "final", segment.audio, segment.start, segment.end,
-            speech_end=time.monotonic()))
+            speech_end=time.monotonic(), cut=cut))
 
     def _tell_load(self) -> bool:
         """Tell the client when partials pause because the server is behind, and resume."""
@@ -198,6 +198,9 @@ class Session:
         msg = {"type": "final", "segment": req.segment_id,
                "start": round(req.start / SAMPLE_RATE, 3),
                "end": round(req.end / SAMPLE_RATE, 3), "text": text or ""}
+        if req.cut:
+            msg["cut"] = True  # speech went on past `end`: a client that continues elsewhere
+            # should replay from `start` rather than trust this text
         if error is not None:
             msg["error"] = str(ErrorCode.DECODE_FAILED)
             self._send(error_message(ErrorCode.DECODE_FAILED,

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 ACK_INTERVAL_S = 0.2
 MAX_MESSAGE_BYTES = 4 << 20
 _CLOSE = object()
+SERVER_KEY: web.AppKey = web.AppKey("earshot_server", object)
 
 
 class WsConnection:
@@ -78,7 +79,7 @@ def _refuse(status: int, code: ErrorCode, message: str, retry_after: int) -> web
 
 
 async def stream_handler(request: web.Request) -> web.StreamResponse:
-    server: EdgeServer = request.app["earshot"]
+    server: EdgeServer = request.app[SERVER_KEY]
     settings = server.settings
     peer = request.remote or "?"
     resuming = request.query.get("session")
