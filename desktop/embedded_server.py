@@ -10,6 +10,7 @@ start/stop/wait_ready may be called from any thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import threading
@@ -47,19 +48,29 @@ class EmbeddedServer:
         return self.status == "ready"
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        loop = self._loop
+        if loop is not None and self._stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
+                loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(timeout)
         self._thread = None
         self.status = "stopped"
 
     def _run(self) -> None:
+        from edge_server.engine import EngineError
+        from models.catalog import UnknownModelError
+        from models.store import ModelNotReadyError
+
         try:
             asyncio.run(self._main())
+        except (ModelNotReadyError, EngineError, UnknownModelError, OSError) as exc:
+            log.error("embedded server cannot start: %s", exc)
+            self.status = f"failed: {exc}"
         except Exception as exc:  # report, never take the app down
             log.exception("embedded server failed")
             self.status = f"failed: {exc}"
+        finally:
             self._ready.set()
 
     async def _main(self) -> None:

@@ -52,7 +52,11 @@ def worker_main(conn: Connection, model_id: str | None, device: str, threads: in
         started = time.perf_counter()
         try:
             texts = engine.transcribe_batch(audios)
+            reply = ("result", batch_id, texts, time.perf_counter() - started)
         except Exception as exc:
-            conn.send(("error", batch_id, f"{type(exc).__name__}: {exc}"))
-            continue
-        conn.send(("result", batch_id, texts, time.perf_counter() - started))
+            reply = ("error", batch_id, f"{type(exc).__name__}: {exc}")
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, EOFError, OSError):
+            return  # the server is gone
+

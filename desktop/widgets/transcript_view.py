@@ -131,6 +131,11 @@ class TranscriptView(QWidget):
             return None
         return " ".join(text for _, text in sorted(self._partials.items()))
 
+    def scroll_to_start(self) -> None:
+        """Show the beginning and stop following the end until the user scrolls down to it."""
+        self._follow = False
+        self.browser.verticalScrollBar().setValue(0)
+
     def is_following(self) -> bool:
         """Whether updates scroll the view to the bottom (False once the user scrolls up)."""
         return self._follow

@@ -1,0 +1,235 @@
+"""The desktop app's brain: capture -> journal + dictation (network, failover) -> UI + history.
+
+`DictationController` is a QObject living on the GUI thread. It starts the embedded local
+server, chooses endpoints (a configured remote server first when healthy, the local
+server last), and runs one `Dictation` at a time on a `LoopThread`. Audio arrives on the
+capture source's thread: it is journaled there and handed to the loop; results come back
+from the loop as queued Qt signals, so slots (history writes, widgets) run on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from desktop.capture import AudioSource, CaptureError, level_dbfs
+from desktop.dictation import Dictation, DictationFailed, DictationListener, Endpoint, FinalText
+from desktop.embedded_server import EmbeddedServer
+from desktop.history import History
+from desktop.journal import Journal, JournalWriter
+from desktop.loop_thread import LoopThread
+
+log = logging.getLogger(__name__)
+LOCAL_NAME = "This computer"
+
+
+@dataclass(frozen=True)
+class ServerChoice:
+    """'local', or a remote URL (tried first, with the local server as fallback)."""
+
+    mode: str = "local"  # "local" | "remote"
+    url: str | None = None
+    token: str | None = None
+
+
+def probe(url: str, timeout: float = 1.5) -> dict | None:
+    """The server's /healthz when it is ready, else None. Blocking; call off the GUI thread."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=timeout) as resp:
+            body = json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+    return body if body.get("status") == "ready" else None
+
+
+class _Bridge(DictationListener):
+    """Forwards Dictation callbacks (loop thread) to the controller's signals."""
+
+    def __init__(self, controller: DictationController) -> None:
+        self.c = controller
+
+    def on_partial(self, text: str) -> None:
+        self.c.partial.emit(text)
+
+    def on_final(self, final: FinalText) -> None:
+        self.c.final.emit(final.index, final.start, final.end, final.text, final.error or "")
+
+    def on_state(self, state: str, endpoint: Endpoint | None, detail: str = "") -> None:
+        name = endpoint.name if endpoint else ""
+        device = (endpoint.device or "") if endpoint else ""
+        self.c.state.emit(state, name, device, detail)
+
+
+class DictationController(QObject):
+    partial = Signal(str)
+    final = Signal(int, float, float, str, str)  # index, start, end, text, error
+    state = Signal(str, str, str, str)  # state, server name, device, detail
+    level = Signal(float)  # dBFS of the latest chunk
+    recording = Signal(bool)
+    finished = Signal(int)  # dictation id in the history
+    failed = Signal(str)  # a message for the user
+    local_server = Signal(str)  # embedded server status: starting | ready | failed: ...
+    _source_ended = Signal()
+    _finish_done = Signal(int, bool)  # from the loop thread: dictation id, all transcribed
+
+    def __init__(self, history: History, journal: Journal, model: str | None = None) -> None:
+        super().__init__()
+        self.history = history
+        self.journal = journal
+        self.loop = LoopThread()
+        self.embedded = EmbeddedServer(model=model)
+        self.choice = ServerChoice()
+        self.dictation: Dictation | None = None
+        self.dictation_id: int | None = None
+        self.source: AudioSource | None = None
+        self.writer: JournalWriter | None = None
+        self.samples = 0
+        self.overruns = 0
+        self._started_at = 0.0
+        self._stopping = False
+        self._source_ended.connect(self.stop)
+        self._finish_done.connect(self._complete)
+        self.final.connect(self._store_final)
+        self._poll = QTimer(self)
+        self._poll.timeout.connect(self._check_embedded)
+
+    # ---- embedded server -------------------------------------------------------------------
+    def start_local_server(self) -> None:
+        self.embedded.start()
+        self.local_server.emit("starting")
+        self._poll.start(100)
+
+    def _check_embedded(self) -> None:
+        if self.embedded.status != "starting":
+            self._poll.stop()
+            self.local_server.emit(self.embedded.status)
+
+    def local_endpoint(self) -> Endpoint | None:
+        if self.embedded.status != "ready" or self.embedded.url is None:
+            return None
+        return Endpoint(LOCAL_NAME, self.embedded.url, self.embedded.token, "cpu", local=True)
+
+    def endpoints(self) -> list[Endpoint]:
+        """Remote first when chosen and healthy right now, then the local server."""
+        out: list[Endpoint] = []
+        if self.choice.mode == "remote" and self.choice.url:
+            health = probe(self.choice.url)
+            if health is not None:
+                server = health.get("server", {})
+                name = self.choice.url.split("//")[-1]
+                out.append(Endpoint(name, self.choice.url, self.choice.token,
+                                    server.get("device")))
+        local = self.local_endpoint()
+        if local is not None:
+            out.append(local)
+        return out
+
+    # ---- dictation -------------------------------------------------------------------------
+    @property
+    def is_recording(self) -> bool:
+        return self.dictation is not None
+
+    def start(self, source: AudioSource, title: str | None = None) -> bool:
+        """Begin a dictation from `source`. Returns False (and emits `failed`) if it cannot."""
+        if self.dictation is not None:
+            return False
+        endpoints = self.endpoints()
+        if not endpoints:
+            self.failed.emit("No server is ready yet: the local model is still loading, "
+                             "or it failed (see the status line).")
+            return False
+        journal_id = uuid.uuid4().hex
+        self.writer = self.journal.open(journal_id)
+        self.dictation_id = self.history.start_dictation(
+            title=title, server=endpoints[0].name, audio_path=str(self.writer.entry.pcm_path))
+        self.dictation = Dictation(endpoints, _Bridge(self))
+        future = self.loop.submit(self.dictation.start())
+        try:
+            future.result(timeout=15)
+        except (DictationFailed, TimeoutError) as exc:
+            self._abandon(f"Could not start: {exc}")
+            return False
+        self.samples = 0
+        self.overruns = 0
+        self._stopping = False
+        self._started_at = time.monotonic()
+        self.source = source
+        try:
+            source.start(self._on_audio, self._on_source_end)
+        except CaptureError as exc:
+            self.loop.submit(self.dictation.abort())
+            self._abandon(str(exc))
+            return False
+        self.recording.emit(True)
+        return True
+
+    def _abandon(self, message: str) -> None:
+        if self.writer is not None:
+            self.writer.close(status="failed")
+        if self.dictation_id is not None:
+            self.history.delete(self.dictation_id)
+        self.dictation = None
+        self.dictation_id = None
+        self.writer = None
+        self.failed.emit(message)
+
+    def _on_audio(self, chunk: np.ndarray) -> None:  # capture thread
+        if self.writer is not None:
+            self.writer.append(chunk)
+        self.samples += len(chunk)
+        dictation = self.dictation
+        if dictation is not None:
+            self.loop.call(dictation.feed, chunk)
+        self.level.emit(level_dbfs(chunk))
+
+    def _on_source_end(self) -> None:  # capture thread
+        self._source_ended.emit()
+
+    def stop(self) -> None:
+        """Stop capturing and finish the dictation (results keep arriving until `finished`)."""
+        if self.dictation is None or self._stopping:
+            return
+        self._stopping = True
+        if self.source is not None:
+            self.source.stop()
+            self.overruns = self.source.overruns
+        dictation, dictation_id = self.dictation, self.dictation_id
+        future = self.loop.submit(dictation.finish())
+        future.add_done_callback(
+            lambda f: self._finish_done.emit(dictation_id, f.exception() is None))
+
+    def _store_final(self, index: int, start: float, end: float, text: str, error: str) -> None:
+        if self.dictation_id is not None:
+            self.history.add_segment(self.dictation_id, index, start, end, text)
+
+    def _complete(self, dictation_id: int, ok: bool) -> None:
+        duration = self.samples / 16_000
+        if self.writer is not None:
+            self.writer.close(status="done" if ok else "recording")
+        self.history.finish(dictation_id, duration)
+        self.dictation = None
+        self.dictation_id = None
+        self.writer = None
+        self.recording.emit(False)
+        if not ok:
+            self.failed.emit("Some audio could not be transcribed; it is kept in the journal.")
+        self.finished.emit(dictation_id)
+
+    def shutdown(self) -> None:
+        if self.source is not None:
+            self.source.stop()
+        self.embedded.stop()
+        self.loop.stop()
+
+
+def recovered_wav(journal: Journal, entry, folder: Path) -> Path:
+    """Export an unfinished journal entry as a WAV for re-transcription."""
+    return journal.export_wav(entry, folder / f"{entry.id}.wav")

@@ -1,0 +1,233 @@
+"""The main window: record/stop, microphone and server choice, live transcript, history.
+
+GUI thread only. All work happens in `DictationController`; this module wires widgets to
+it and remembers the user's choices (QSettings).
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QSettings, Qt, Slot
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.capture import AudioSource, CaptureError, MicrophoneSource, list_input_devices
+from desktop.controller import DictationController, ServerChoice
+from desktop.widgets.history_pane import HistoryPane
+from desktop.widgets.level_meter import LevelMeter
+from desktop.widgets.server_status import ServerStatus
+from desktop.widgets.transcript_view import TranscriptView
+
+RECORD_SHORTCUT = "Ctrl+Shift+Space"
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, controller: DictationController, settings: QSettings | None = None) -> None:
+        super().__init__()
+        self.controller = controller
+        self.settings = settings or QSettings("Earshot", "Earshot")
+        self.setWindowTitle("Earshot")
+        self.resize(980, 620)
+
+        self.record_button = QPushButton("● Record")
+        self.record_button.setToolTip(f"Start or stop dictation ({RECORD_SHORTCUT})")
+        self.record_button.clicked.connect(self.toggle_recording)
+        self.mic_picker = QComboBox()
+        self.mic_picker.setMinimumWidth(220)
+        self.level = LevelMeter()
+        self.server_picker = QComboBox()
+        self.server_picker.addItem("This computer", "local")
+        self.server_picker.addItem("Server on the network…", "remote")
+        self.server_picker.currentIndexChanged.connect(self._server_changed)
+        self.status = ServerStatus()
+        self.transcript = TranscriptView()
+        self.history_pane = HistoryPane(controller.history)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+
+        top = QHBoxLayout()
+        top.addWidget(self.record_button)
+        top.addWidget(QLabel("Microphone:"))
+        top.addWidget(self.mic_picker)
+        top.addWidget(self.level)
+        top.addStretch(1)
+        top.addWidget(QLabel("Server:"))
+        top.addWidget(self.server_picker)
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(self.transcript)
+        splitter.addWidget(self.history_pane)
+        splitter.setSizes([600, 380])
+        layout = QVBoxLayout()
+        layout.addLayout(top)
+        layout.addWidget(splitter, 1)
+        layout.addWidget(self.message)
+        central = QWidget()
+        central.setLayout(layout)
+        self.setCentralWidget(central)
+        self.statusBar().addPermanentWidget(self.status, 1)
+
+        toggle = QAction("Record / stop", self)
+        toggle.setShortcut(QKeySequence(RECORD_SHORTCUT))
+        toggle.setShortcutContext(Qt.ShortcutContext.ApplicationShortcut)
+        toggle.triggered.connect(self.toggle_recording)
+        self.addAction(toggle)
+
+        c = controller
+        c.partial.connect(self._on_partial)
+        c.final.connect(self._on_final)
+        c.state.connect(self._on_state)
+        c.level.connect(self.level.set_level)
+        c.recording.connect(self._on_recording)
+        c.finished.connect(self._on_finished)
+        c.failed.connect(self.show_message)
+        c.local_server.connect(self._on_local_server)
+        self.refresh_microphones()
+        self._restore_choices()
+
+    # ---- choices -----------------------------------------------------------------------------
+    def refresh_microphones(self) -> None:
+        self.mic_picker.clear()
+        try:
+            devices = list_input_devices()
+        except CaptureError as exc:
+            self.mic_picker.addItem("(no audio system)", None)
+            self.mic_picker.setToolTip(str(exc))
+            self.mic_picker.setEnabled(False)
+            return
+        if not devices:
+            self.mic_picker.addItem("(no microphone found)", None)
+            self.mic_picker.setEnabled(False)
+            return
+        self.mic_picker.setEnabled(True)
+        for d in devices:
+            self.mic_picker.addItem(d.name + (" (default)" if d.is_default else ""), d.index)
+            if d.is_default:
+                self.mic_picker.setCurrentIndex(self.mic_picker.count() - 1)
+
+    def _restore_choices(self) -> None:
+        mode = self.settings.value("server/mode", "local")
+        url = self.settings.value("server/url", "")
+        token = self.settings.value("server/token", "")
+        if mode == "remote" and url:
+            self.controller.choice = ServerChoice("remote", url, token or None)
+            self.server_picker.blockSignals(True)
+            self.server_picker.setCurrentIndex(1)
+            self.server_picker.blockSignals(False)
+        mic = self.settings.value("audio/device_name", "")
+        index = self.mic_picker.findText(mic) if mic else -1
+        if index >= 0:
+            self.mic_picker.setCurrentIndex(index)
+
+    def set_server(self, url: str | None, token: str | None = None) -> None:
+        """Use a remote server (URL) with local fallback, or only the local server (None)."""
+        if url:
+            self.controller.choice = ServerChoice("remote", url, token)
+            self.settings.setValue("server/mode", "remote")
+            self.settings.setValue("server/url", url)
+            self.settings.setValue("server/token", token or "")
+        else:
+            self.controller.choice = ServerChoice()
+            self.settings.setValue("server/mode", "local")
+
+    @Slot(int)
+    def _server_changed(self, index: int) -> None:
+        if self.server_picker.itemData(index) != "remote":
+            self.set_server(None)
+            return
+        url, ok = QInputDialog.getText(self, "Server", "Server address (host:port):",
+                                       QLineEdit.EchoMode.Normal,
+                                       self.settings.value("server/url", ""))
+        if not ok or not url.strip():
+            self.server_picker.setCurrentIndex(0)
+            return
+        url = url.strip()
+        if not url.startswith(("http://", "https://")):
+            url = "http://" + url
+        token, _ = QInputDialog.getText(self, "Server", "Token (leave empty if none):",
+                                        QLineEdit.EchoMode.Password)
+        self.set_server(url, token.strip() or None)
+
+    # ---- recording ---------------------------------------------------------------------------
+    @Slot()
+    def toggle_recording(self) -> None:
+        if self.controller.is_recording:
+            self.controller.stop()
+            return
+        device = self.mic_picker.currentData()
+        if device is None:
+            self.show_message("No microphone is available. Connect one, or run "
+                              "`earshot --audio-file FILE` to dictate from a file.")
+            return
+        self.settings.setValue("audio/device_name", self.mic_picker.currentText())
+        self.start_dictation(MicrophoneSource(device))
+
+    def start_dictation(self, source: AudioSource, title: str | None = None) -> bool:
+        self.transcript.clear()
+        self.show_message("")
+        return self.controller.start(source, title)
+
+    # ---- controller signals ------------------------------------------------------------------
+    @Slot(str)
+    def _on_partial(self, text: str) -> None:
+        self.transcript.set_partial(len(self.transcript.segments()), text)
+
+    @Slot(int, float, float, str, str)
+    def _on_final(self, index: int, start: float, end: float, text: str, error: str) -> None:
+        self.transcript.add_final(index, start, end, text, error or None)
+
+    @Slot(str, str, str, str)
+    def _on_state(self, state: str, server: str, device: str, detail: str) -> None:
+        if state == "done":
+            state = "connected"
+        self.status.show_state(state, server, device or None, None, detail)
+
+    @Slot(bool)
+    def _on_recording(self, on: bool) -> None:
+        self.record_button.setText("■ Stop" if on else "● Record")
+        if not on:
+            self.level.reset()
+
+    @Slot(int)
+    def _on_finished(self, dictation_id: int) -> None:
+        self.history_pane.refresh()
+        overruns = self.controller.overruns
+        if overruns:
+            self.show_message(f"{overruns} audio block(s) were lost by the sound system "
+                              "(the computer was too busy).")
+
+    @Slot(str)
+    def _on_local_server(self, status: str) -> None:
+        if status == "starting":
+            self.status.show_state("loading", "This computer", "cpu", None,
+                                   "loading the speech model")
+        elif status == "ready":
+            self.status.show_state("connected", "This computer", "cpu", None, "ready")
+        else:
+            self.status.show_state("error", "This computer", "cpu", None, status)
+            self.show_message(f"The local speech engine could not start: {status}. "
+                              "Run `earshot models fetch` to install the model.")
+
+    @Slot(str)
+    def show_message(self, text: str) -> None:
+        self.message.setText(text)
+
+    def closeEvent(self, event) -> None:
+        if self.controller.is_recording:
+            answer = QMessageBox.question(self, "Earshot",
+                                          "A dictation is running. Stop it and quit?")
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+            self.controller.stop()
+        event.accept()
