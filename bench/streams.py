@@ -150,6 +150,8 @@ def server_args(args: argparse.Namespace) -> list[str]:
     out = ["--workers", str(args.workers), "--max-sessions", "1000"]
     if args.threads:
         out += ["--threads", str(args.threads)]
+    if args.server_config:
+        out += ["--config", str(args.server_config)]
     return out
 
 
@@ -264,6 +266,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stagger", type=float, default=0.05, help="seconds between stream starts")
+    ap.add_argument("--server-config", type=Path, help="TOML settings for the server")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     os.environ.setdefault("EARSHOT_MODELS_DIR", str(DEV.parent.parent / "models"))

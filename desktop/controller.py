@@ -67,12 +67,16 @@ class _Bridge(DictationListener):
         device = (endpoint.device or "") if endpoint else ""
         self.c.state.emit(state, name, device, detail)
 
+    def on_latency(self, endpoint: Endpoint, milliseconds: float) -> None:
+        self.c.latency.emit(endpoint.name, endpoint.device or "", milliseconds)
+
 
 class DictationController(QObject):
     partial = Signal(str)
     final = Signal(int, float, float, str, str)  # index, start, end, text, error
     state = Signal(str, str, str, str)  # state, server name, device, detail
     level = Signal(float)  # dBFS of the latest chunk
+    latency = Signal(str, str, float)  # server name, device, round trip in ms
     recording = Signal(bool)
     finished = Signal(int)  # dictation id in the history
     failed = Signal(str)  # a message for the user

@@ -53,6 +53,7 @@ class DictationListener:
     def on_partial(self, text: str) -> None: ...
     def on_final(self, final: FinalText) -> None: ...
     def on_state(self, state: str, endpoint: Endpoint | None, detail: str = "") -> None: ...
+    def on_latency(self, endpoint: Endpoint, milliseconds: float) -> None: ...
 
 
 class DictationFailed(RuntimeError):
@@ -247,6 +248,8 @@ class Dictation:
             self.covered = max(self.covered, round(end * RATE))
             self.audio.drop_before(self.covered)
             self.listener.on_final(final)
+        elif kind == "pong" and "latency_ms" in event and self._endpoint is not None:
+            self.listener.on_latency(self._endpoint, event["latency_ms"])
         elif kind == "status":
             self.listener.on_state("degraded" if event["state"] == "degraded" else "connected",
                                    self._endpoint, event.get("message", ""))

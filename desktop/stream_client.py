@@ -85,6 +85,8 @@ class StreamClient:
         self._ending = False
         self._started = False
         self.server_ending = False  # the server ended the turn early (it is shutting down)
+        self.latency_ms: float | None = None  # last ping round trip
+        self._pinger: asyncio.Task | None = None
 
     # ---- connection ----------------------------------------------------------------------
     async def connect(self) -> None:
@@ -141,6 +143,17 @@ class StreamClient:
             await ws.send_str(json.dumps({"type": "end"}))
         self._connected.set()
         self._reader = asyncio.get_running_loop().create_task(self._read(ws))
+        if self._pinger is None:
+            self._pinger = spawn(self._ping_loop(), "stream-ping")
+
+    async def _ping_loop(self, every_s: float = 5.0) -> None:
+        """Measure the round trip now and then (shown to the user as the server's latency)."""
+        while not self._ended.is_set():
+            ws = self._ws
+            if ws is not None and self._connected.is_set() and not ws.closed:
+                with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+                    await ws.send_str(json.dumps({"type": "ping", "t": time.monotonic()}))
+            await asyncio.sleep(every_s)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
@@ -154,6 +167,9 @@ class StreamClient:
                 continue  # a final re-sent after a resume that we already hold
             elif kind == "ended":
                 self._ended.set()
+            elif kind == "pong" and isinstance(data.get("t"), (int, float)):
+                self.latency_ms = (time.monotonic() - data["t"]) * 1000
+                data["latency_ms"] = self.latency_ms
             elif kind == "error" and data.get("code") == "shutting_down":
                 self.server_ending = True  # keep later audio: it is not transcribed here
             elif kind == "error" and data.get("fatal", True):
@@ -236,6 +252,8 @@ class StreamClient:
         return self.finals
 
     async def close(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
         ws, self._ws = self._ws, None
         if ws is not None:
             await ws.close()

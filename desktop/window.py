@@ -87,6 +87,7 @@ class MainWindow(QMainWindow):
         c.partial.connect(self._on_partial)
         c.final.connect(self._on_final)
         c.state.connect(self._on_state)
+        c.latency.connect(self._on_latency)
         c.level.connect(self.level.set_level)
         c.recording.connect(self._on_recording)
         c.finished.connect(self._on_finished)
@@ -188,9 +189,13 @@ class MainWindow(QMainWindow):
 
     @Slot(str, str, str, str)
     def _on_state(self, state: str, server: str, device: str, detail: str) -> None:
-        if state == "done":
-            state = "connected"
+        state = {"done": "connected", "degraded": "busy"}.get(state, state)
         self.status.show_state(state, server, device or None, None, detail)
+
+    @Slot(str, str, float)
+    def _on_latency(self, server: str, device: str, milliseconds: float) -> None:
+        if self.status.state() in ("connected", "fallback"):
+            self.status.show_state(self.status.state(), server, device or None, milliseconds)
 
     @Slot(bool)
     def _on_recording(self, on: bool) -> None:

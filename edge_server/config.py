@@ -24,7 +24,7 @@ class ServerSettings:
     max_wait_ms: float = 10.0
     partial_interval_ms: int = 400
     degrade_after_s: float = 0.8  # partials pause while a final has waited this long
-    partial_budget_s: float = 6.0  # most audio seconds of partials decoded in one batch
+    partial_budget_s: float = 3.0  # most audio seconds of partials decoded in one batch
     overload_after_s: float = 2.0  # new sessions refused while a final has waited this long
     resume_grace_s: float = 60.0
     handshake_timeout_s: float = 10.0

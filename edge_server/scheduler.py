@@ -70,7 +70,7 @@ class SchedulerStats:
 class Scheduler:
     def __init__(self, pool: WorkerPool, on_result: ResultCallback, max_batch: int = 16,
                  max_wait_ms: float = 10.0, degrade_after_s: float = 0.8,
-                 partial_budget_s: float = 6.0) -> None:
+                 partial_budget_s: float = 3.0) -> None:
         self.partial_budget = partial_budget_s
         self.pool = pool
         self.on_result = on_result

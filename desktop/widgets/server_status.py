@@ -6,7 +6,7 @@ Contract:
   "● Connected — office-gpu (GPU) · 42 ms". `state` is one of STATES (anything else raises
   ValueError). The text is plain text (a server name is never parsed as HTML).
 - Colour (the label's WindowText palette role): green for connected; amber for reconnecting,
-  fallback and loading; red for error and offline; grey for connecting.
+  fallback, busy and loading; red for error and offline; grey for connecting.
 - `detail` becomes the tooltip (empty clears it). A new widget shows "offline".
 - It only displays what it is told; the connection logic lives in the controller.
 
@@ -32,6 +32,7 @@ STATES: dict[str, tuple[str, QColor]] = {
     "connected": ("Connected", GREEN),
     "reconnecting": ("Reconnecting", AMBER),
     "fallback": ("Local fallback", AMBER),
+    "busy": ("Server busy (live text paused)", AMBER),
     "loading": ("Loading model", AMBER),
     "offline": ("Offline", RED),
     "error": ("Error", RED),
