@@ -52,7 +52,8 @@ class MainWindow(QMainWindow):
         self.server_picker.currentIndexChanged.connect(self._server_changed)
         self.status = ServerStatus()
         self.transcript = TranscriptView()
-        self.history_pane = HistoryPane(controller.history)
+        self.history_pane = HistoryPane(controller.history,
+                                        orientation=Qt.Orientation.Vertical)
         self.message = QLabel("")
         self.message.setWordWrap(True)
 
@@ -67,7 +68,7 @@ class MainWindow(QMainWindow):
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.transcript)
         splitter.addWidget(self.history_pane)
-        splitter.setSizes([600, 380])
+        splitter.setSizes([560, 420])
         layout = QVBoxLayout()
         layout.addLayout(top)
         layout.addWidget(splitter, 1)
@@ -206,6 +207,7 @@ class MainWindow(QMainWindow):
     @Slot(int)
     def _on_finished(self, dictation_id: int) -> None:
         self.history_pane.refresh()
+        self.history_pane.select(dictation_id)
         overruns = self.controller.overruns
         if overruns:
             self.show_message(f"{overruns} audio block(s) were lost by the sound system "

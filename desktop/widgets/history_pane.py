@@ -90,8 +90,11 @@ class HistoryPane(QWidget):
 
     dictation_opened = Signal(int)
 
-    def __init__(self, history: History, parent: QWidget | None = None) -> None:
+    def __init__(self, history: History, parent: QWidget | None = None,
+                 orientation: Qt.Orientation = Qt.Orientation.Horizontal) -> None:
+        """`orientation`: list beside (horizontal) or above (vertical) the transcript."""
         super().__init__(parent)
+        self._orientation = orientation
         self._history = history
         self._shown: int | None = None  # id in the detail view
         self._refreshing = False
@@ -176,11 +179,12 @@ class HistoryPane(QWidget):
         right_layout.addWidget(self.detail, 1)
         right_layout.addLayout(buttons)
 
-        splitter = QSplitter(Qt.Orientation.Horizontal, self)
+        splitter = QSplitter(self._orientation, self)
         splitter.addWidget(left)
         splitter.addWidget(right)
         splitter.setStretchFactor(1, 1)
-        splitter.setSizes([280, 520])
+        splitter.setSizes([280, 520] if self._orientation == Qt.Orientation.Horizontal
+                          else [220, 380])
         layout = QVBoxLayout(self)
         layout.addWidget(splitter)
 
