@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="earshot", description="Earshot desktop dictation app")
-    p.add_argument("--server", help="edge server URL to prefer (local fallback), or 'local'")
+    p.add_argument("--server", help="edge server URL to prefer (local fallback), 'local', or "
+                   "'auto' (default: a server found on the LAN, else local)")
     p.add_argument("--token", help="token of that server")
     p.add_argument("--model", help="model of the embedded local server")
     p.add_argument("--audio-file", type=Path, help="dictate from this file instead of a mic")

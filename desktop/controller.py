@@ -9,8 +9,10 @@ from the loop as queued Qt signals, so slots (history writes, widgets) run on th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import time
 import urllib.request
 import uuid
@@ -22,6 +24,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from desktop.capture import AudioSource, CaptureError, level_dbfs
 from desktop.dictation import Dictation, DictationFailed, DictationListener, Endpoint, FinalText
+from desktop.discovery import DiscoveredServer, browse
 from desktop.embedded_server import EmbeddedServer
 from desktop.history import History
 from desktop.journal import Journal, JournalWriter
@@ -33,11 +36,21 @@ LOCAL_NAME = "This computer"
 
 @dataclass(frozen=True)
 class ServerChoice:
-    """'local', or a remote URL (tried first, with the local server as fallback)."""
+    """Where dictation goes first; the embedded local server is always the fallback.
 
-    mode: str = "local"  # "local" | "remote"
+    "auto": the best server discovered on the LAN (GPU first, then most free capacity) that
+    is healthy and needs no token or one we know, else local; "remote": `url`; "local".
+    """
+
+    mode: str = "auto"  # "auto" | "local" | "remote"
     url: str | None = None
     token: str | None = None
+
+
+def mdns_interfaces() -> list[str] | None:
+    """EARSHOT_MDNS_INTERFACES (comma-separated addresses) pins discovery; unset: all."""
+    value = os.environ.get("EARSHOT_MDNS_INTERFACES", "")
+    return [v.strip() for v in value.split(",") if v.strip()] or None
 
 
 def probe(url: str, timeout: float = 1.5) -> dict | None:
@@ -81,6 +94,7 @@ class DictationController(QObject):
     finished = Signal(int)  # dictation id in the history
     failed = Signal(str)  # a message for the user
     local_server = Signal(str)  # embedded server status: starting | ready | failed: ...
+    servers_found = Signal(list)  # list[DiscoveredServer], best first
     _source_ended = Signal()
     _finish_done = Signal(int, bool)  # from the loop thread: dictation id, all transcribed
 
@@ -104,6 +118,26 @@ class DictationController(QObject):
         self.final.connect(self._store_final)
         self._poll = QTimer(self)
         self._poll.timeout.connect(self._check_embedded)
+        self.discovered: list[DiscoveredServer] = []
+        self.tokens: dict[str, str] = {}  # server id -> token the user gave
+        self._discovery = None
+
+    # ---- LAN discovery -----------------------------------------------------------------------
+    def start_discovery(self, every_s: float = 8.0) -> None:
+        """Browse for servers in the background, now and every `every_s` seconds."""
+        if self._discovery is None:
+            self._discovery = self.loop.submit(self._discover_forever(every_s))
+
+    async def _discover_forever(self, every_s: float) -> None:
+        while True:
+            try:
+                found = await browse(timeout=1.5, interfaces=mdns_interfaces())
+            except OSError as exc:  # no usable network interface: keep going locally
+                log.info("discovery unavailable: %s", exc)
+                found = []
+            self.discovered = found
+            self.servers_found.emit(found)
+            await asyncio.sleep(every_s)
 
     # ---- embedded server -------------------------------------------------------------------
     def start_local_server(self) -> None:
@@ -122,8 +156,16 @@ class DictationController(QObject):
         return Endpoint(LOCAL_NAME, self.embedded.url, self.embedded.token, "cpu", local=True)
 
     def endpoints(self) -> list[Endpoint]:
-        """Remote first when chosen and healthy right now, then the local server."""
+        """The chosen or best discovered server when healthy right now, then the local one."""
         out: list[Endpoint] = []
+        if self.choice.mode == "auto":
+            for server in self.discovered:
+                token = self.tokens.get(server.server_id)
+                if server.capacity <= 0 or (server.token_required and not token):
+                    continue
+                if probe(server.url) is not None:
+                    out.append(Endpoint(server.name, server.url, token, server.device))
+                    break
         if self.choice.mode == "remote" and self.choice.url:
             health = probe(self.choice.url)
             if health is not None:
@@ -228,6 +270,8 @@ class DictationController(QObject):
         self.finished.emit(dictation_id)
 
     def shutdown(self) -> None:
+        if self._discovery is not None:
+            self._discovery.cancel()
         if self.source is not None:
             self.source.stop()
         self.embedded.stop()

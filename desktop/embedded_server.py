@@ -28,7 +28,7 @@ class EmbeddedServer:
         self.token = secrets.token_urlsafe(18)
         self.settings = ServerSettings(host="127.0.0.1", port=0, model=model, device=device,
                                        workers=1, threads=threads, token=self.token,
-                                       max_sessions=8)
+                                       max_sessions=8, mdns=False)
         self.url: str | None = None
         self.status = "stopped"
         self._ready = threading.Event()

@@ -35,8 +35,8 @@ class DesktopRun:
         self.window = MainWindow(self.controller)
         if args.server and args.server != "local":
             self.window.set_server(args.server, args.token)
-        elif args.server == "local":
-            self.window.set_server(None)
+        elif args.server in ("local", "auto"):
+            self.window.set_server(None, mode=args.server)
         self.queue: list[tuple[FileSource, str, JournalEntry | None]] = []
         self.current: JournalEntry | None = None
         self.controller.local_server.connect(self._on_local_server)
@@ -53,6 +53,8 @@ class DesktopRun:
     def exec(self) -> int:
         self.window.show()
         self.controller.start_local_server()
+        if self.args.server in (None, "auto"):
+            self.controller.start_discovery()
         code = self.app.exec()
         self.controller.shutdown()
         self.history.close()

@@ -47,8 +47,8 @@ class MainWindow(QMainWindow):
         self.mic_picker.setMinimumWidth(220)
         self.level = LevelMeter()
         self.server_picker = QComboBox()
-        self.server_picker.addItem("This computer", "local")
-        self.server_picker.addItem("Server on the network…", "remote")
+        self.server_picker.setMinimumWidth(200)
+        self._fill_server_picker([])
         self.server_picker.currentIndexChanged.connect(self._server_changed)
         self.status = ServerStatus()
         self.transcript = TranscriptView()
@@ -94,6 +94,7 @@ class MainWindow(QMainWindow):
         c.finished.connect(self._on_finished)
         c.failed.connect(self.show_message)
         c.local_server.connect(self._on_local_server)
+        c.servers_found.connect(self._on_servers_found)
         self.refresh_microphones()
         self._restore_choices()
 
@@ -117,35 +118,78 @@ class MainWindow(QMainWindow):
             if d.is_default:
                 self.mic_picker.setCurrentIndex(self.mic_picker.count() - 1)
 
+    def _fill_server_picker(self, servers: list) -> None:
+        """Automatic, this computer, manual entry, then the servers found on the LAN."""
+        picker = self.server_picker
+        current = picker.currentData()
+        picker.blockSignals(True)
+        picker.clear()
+        picker.addItem("Automatic", ("auto",))
+        picker.addItem("This computer", ("local",))
+        picker.addItem("Server address…", ("remote",))
+        for s in servers:
+            kind = "GPU" if s.has_gpu else "CPU"
+            lock = " 🔒" if s.token_required else ""
+            picker.addItem(f"{s.name} ({kind}, {s.capacity} free){lock}",
+                           ("server", s.url, s.server_id, s.token_required))
+        index = picker.findData(current) if current is not None else -1
+        if index < 0:
+            index = {"auto": 0, "local": 1, "remote": 2}.get(self.controller.choice.mode, 0)
+        picker.setCurrentIndex(index)
+        picker.blockSignals(False)
+
+    @Slot(list)
+    def _on_servers_found(self, servers: list) -> None:
+        self._fill_server_picker(servers)
+
     def _restore_choices(self) -> None:
-        mode = self.settings.value("server/mode", "local")
+        mode = self.settings.value("server/mode", "auto")
         url = self.settings.value("server/url", "")
         token = self.settings.value("server/token", "")
+        tokens = self.settings.value("server/tokens", {}) or {}
+        self.controller.tokens = dict(tokens) if isinstance(tokens, dict) else {}
         if mode == "remote" and url:
             self.controller.choice = ServerChoice("remote", url, token or None)
-            self.server_picker.blockSignals(True)
-            self.server_picker.setCurrentIndex(1)
-            self.server_picker.blockSignals(False)
+        elif mode == "local":
+            self.controller.choice = ServerChoice("local")
+        self._fill_server_picker(self.controller.discovered)
         mic = self.settings.value("audio/device_name", "")
         index = self.mic_picker.findText(mic) if mic else -1
         if index >= 0:
             self.mic_picker.setCurrentIndex(index)
 
-    def set_server(self, url: str | None, token: str | None = None) -> None:
-        """Use a remote server (URL) with local fallback, or only the local server (None)."""
+    def set_server(self, url: str | None, token: str | None = None,
+                   mode: str | None = None) -> None:
+        """Prefer a server by URL (local fallback), or `mode` "auto"/"local" (url None)."""
         if url:
             self.controller.choice = ServerChoice("remote", url, token)
             self.settings.setValue("server/mode", "remote")
             self.settings.setValue("server/url", url)
             self.settings.setValue("server/token", token or "")
         else:
-            self.controller.choice = ServerChoice()
-            self.settings.setValue("server/mode", "local")
+            mode = mode or "local"
+            self.controller.choice = ServerChoice(mode)
+            self.settings.setValue("server/mode", mode)
 
     @Slot(int)
     def _server_changed(self, index: int) -> None:
-        if self.server_picker.itemData(index) != "remote":
-            self.set_server(None)
+        data = self.server_picker.itemData(index) or ("auto",)
+        if data[0] in ("auto", "local"):
+            self.set_server(None, mode=data[0])
+            return
+        if data[0] == "server":
+            _, url, server_id, needs_token = data
+            token = self.controller.tokens.get(server_id)
+            if needs_token and not token:
+                token, ok = QInputDialog.getText(self, "Server", "This server needs a token:",
+                                                 QLineEdit.EchoMode.Password)
+                if not ok or not token.strip():
+                    self.server_picker.setCurrentIndex(0)
+                    return
+                token = token.strip()
+                self.controller.tokens[server_id] = token
+                self.settings.setValue("server/tokens", self.controller.tokens)
+            self.set_server(url, token)
             return
         url, ok = QInputDialog.getText(self, "Server", "Server address (host:port):",
                                        QLineEdit.EchoMode.Normal,

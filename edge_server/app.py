@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import uuid
 from collections import Counter
@@ -46,6 +47,7 @@ class EdgeServer:
         self.draining = False
         self.started = time.monotonic()
         self.startup_error: str | None = None
+        self.advertiser = None
         self._startup: asyncio.Task | None = None
 
     def _deliver(self, req, text, error) -> None:
@@ -72,6 +74,42 @@ class EdgeServer:
         if cap is not None and self.registry.active >= cap:
             return f"server is at its measured capacity ({cap} streams)"
         return None
+
+    # ---- discovery -----------------------------------------------------------------------
+    def txt_record(self) -> dict[str, str]:
+        """What the mDNS TXT record says about this server right now."""
+        from models.catalog import load_catalog
+
+        info = self.pool.info
+        cap = self.capacity() or self.settings.max_sessions
+        free = 0 if self.draining or not self.pool.ready_count else max(
+            0, min(cap, self.settings.max_sessions) - self.registry.active)
+        return {"protocol": str(PROTOCOL_VERSION), "id": self.server_id,
+                "models": info.get("model") or self.settings.model or load_catalog().default_asr,
+                "device": info.get("device") or self.settings.device,
+                "capacity": str(free), "token": "required" if self.settings.token else "none",
+                "name": self.advertised_name}
+
+    @property
+    def advertised_name(self) -> str:
+        return self.settings.name or socket.gethostname().split(".")[0] or "earshot"
+
+    async def start_advertising(self, port: int) -> None:
+        """Announce the server on the LAN once a worker is ready (a loading box is no help)."""
+        from edge_server.discovery import Advertiser
+
+        while not self.pool.ready_count and not self.startup_error and not self.draining:
+            await asyncio.sleep(0.05)
+        if self.startup_error or self.draining:
+            return
+        interfaces = list(self.settings.mdns_interfaces) if self.settings.mdns_interfaces else None
+        self.advertiser = Advertiser(f"{self.advertised_name}-{self.server_id[:6]}", port,
+                                     interfaces, self.txt_record)
+        try:
+            await self.advertiser.start()
+        except OSError as exc:
+            log.warning("mDNS advertising failed: %s", exc)
+            self.advertiser = None
 
     def describe(self) -> dict:
         info = self.pool.info
@@ -106,6 +144,8 @@ class EdgeServer:
                  self.settings.workers)
 
     async def _on_cleanup(self, app: web.Application) -> None:
+        if self.advertiser is not None:
+            await self.advertiser.stop()
         if self._startup:
             self._startup.cancel()
         await self.registry.stop()
@@ -131,6 +171,9 @@ class EdgeServer:
     async def drain(self, timeout: float = 30.0) -> None:
         """Graceful shutdown: end every session, deliver its finals, within `timeout`."""
         self.draining = True
+        if self.advertiser is not None:  # withdraw first: nobody should pick us now
+            await self.advertiser.stop()
+            self.advertiser = None
         sessions = list(self.registry.sessions.values())
         for s in sessions:
             if s.conn is not None and not s.ending:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from edge_server.background import spawn
 from edge_server.config import ServerSettings, load_settings
 from edge_server.engine.runtime import DEVICES
 
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noop-engine", action="store_true", default=None,
                    help="no inference (measures the server's own overhead)")
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
+    p.add_argument("--name", help="name advertised on the LAN (default: the host name)")
+    p.add_argument("--mdns-interfaces", metavar="IP[,IP]",
+                   help="advertise over mDNS only on these interface addresses")
+    p.add_argument("--no-mdns", dest="mdns", action="store_false", default=None,
+                   help="do not advertise over mDNS")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -57,6 +63,8 @@ async def serve(settings: ServerSettings) -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
     print(f"earshot-server listening on http://{settings.host}:{port}", flush=True)
+    if settings.mdns:
+        spawn(server.start_advertising(port), "mdns-start")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -35,6 +35,9 @@ class ServerSettings:
     max_pending_finals: int = 32  # a session's queued finals before its reads pause
     retry_after_s: int = 5
     log_json: bool = False
+    mdns: bool = True  # advertise as _earshot._tcp.local.
+    mdns_interfaces: tuple[str, ...] | None = None  # None: every interface
+    name: str | None = None  # advertised name (default: the host name)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 
 
@@ -56,5 +59,9 @@ def load_settings(path: Path | None, overrides: dict) -> ServerSettings:
         raise ValueError(f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}")
     data.update({k: v for k, v in overrides.items() if v is not None and k in known})
     seg.update({k: v for k, v in overrides.items() if v is not None and k in SEGMENTER_KEYS})
+    if isinstance(data.get("mdns_interfaces"), (list, str)):
+        value = data["mdns_interfaces"]
+        items = value.split(",") if isinstance(value, str) else value
+        data["mdns_interfaces"] = tuple(i.strip() for i in items if i.strip())
     settings = replace(ServerSettings(), **data)
     return replace(settings, segmenter=replace(settings.segmenter, **seg))

@@ -17,6 +17,7 @@ SENTENCE_SETS = ("sherpa-test-wavs", "librispeech-test-clean-kw", "pocketsphinx-
 
 os.environ.setdefault("EARSHOT_MODELS_DIR", str(SHARED / "models"))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("EARSHOT_MDNS_INTERFACES", "127.0.0.1")  # never browse the real LAN
 
 
 def pytest_configure(config: pytest.Config) -> None:

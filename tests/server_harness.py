@@ -44,6 +44,8 @@ class ServerProcess:
 
 def start_server(*args: str, env: dict | None = None, ready_timeout: float = 120) -> ServerProcess:
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    if "--mdns-interfaces" not in args:  # never multicast beyond loopback from tests
+        args = (*args, "--no-mdns")
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_server.cli", "--host", "127.0.0.1", "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env)

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 import soundfile as sf
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QSettings, Qt
 
 from desktop.capture import FileSource
 from desktop.controller import DictationController
@@ -89,3 +89,22 @@ def test_stopping_the_remote_server_mid_dictation_loses_no_word(qtbot, app_parts
     heard = normalize(record.text).split()
     missing = [w for w in expected if w not in heard]
     assert len(missing) <= 1, (missing, record.text)
+
+
+def test_automatic_picks_a_discovered_server_and_lists_it(qtbot, app_parts):
+    window, controller, history, _, _ = app_parts
+    remote = start_server("--mdns-interfaces", "127.0.0.1", "--name", "office-box")
+    try:
+        window.set_server(None, mode="auto")
+        controller.start_discovery(every_s=1.0)
+        qtbot.waitUntil(lambda: any(s.name == "office-box" for s in controller.discovered),
+                        timeout=15_000)
+        qtbot.waitUntil(lambda: window.server_picker.findText(
+            "office-box", Qt.MatchFlag.MatchStartsWith) >= 0, timeout=5_000)
+        source = FileSource(DEV / "sherpa-test-wavs/8k.wav", realtime=False)
+        with qtbot.waitSignal(controller.finished, timeout=60_000) as done:
+            assert window.start_dictation(source, "Auto")
+        record = history.get(done.args[0])
+        assert record.server == "office-box" and "apprehension" in record.text.lower()
+    finally:
+        remote.stop()

@@ -15,7 +15,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split('.')[0] in ('PySide6', 'sounddevice', 'shiboken6'):
             raise ImportError(f'{name} is not installed on this box')
 sys.meta_path.insert(0, Block())
-sys.argv = ['earshot-server', '--port', '0', '--workers', '1']
+sys.argv = ['earshot-server', '--port', '0', '--workers', '1', '--no-mdns']
 from edge_server.cli import main
 sys.exit(main())
 """

@@ -1,0 +1,82 @@
+"""Find Earshot servers on the LAN (mDNS `_earshot._tcp.local.`), for the desktop app.
+
+`browse()` listens for `timeout` seconds and returns the servers seen, with their TXT data
+(protocol, id, models, device, capacity, token, name). `interfaces` pins zeroconf's sockets
+(tests: ["127.0.0.1"]). Run it on an asyncio loop (the app's network thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+
+from zeroconf import IPVersion, ServiceStateChange
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from edge_server.discovery import SERVICE_TYPE
+
+
+@dataclass(frozen=True)
+class DiscoveredServer:
+    service: str  # the mDNS instance name
+    name: str
+    url: str
+    device: str
+    capacity: int
+    token_required: bool
+    models: tuple[str, ...]
+    protocol: int
+    server_id: str
+
+    @property
+    def has_gpu(self) -> bool:
+        return self.device == "cuda"
+
+
+def _parse(info: AsyncServiceInfo) -> DiscoveredServer | None:
+    props = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
+    addresses = info.parsed_addresses(IPVersion.V4Only)
+    if not addresses or info.port is None:
+        return None
+    try:
+        return DiscoveredServer(
+            service=info.name, name=props.get("name") or info.name.split(".")[0],
+            url=f"http://{addresses[0]}:{info.port}", device=props.get("device", "cpu"),
+            capacity=int(props.get("capacity", "0")),
+            token_required=props.get("token") == "required",
+            models=tuple(m for m in props.get("models", "").split(",") if m),
+            protocol=int(props.get("protocol", "0")), server_id=props.get("id", ""))
+    except ValueError:
+        return None  # a malformed record is not a server we can use
+
+
+async def browse(timeout: float = 2.0,
+                 interfaces: list[str] | None = None) -> list[DiscoveredServer]:
+    """Servers announcing themselves within `timeout` seconds, GPU and free ones first."""
+    zc = AsyncZeroconf(interfaces=interfaces or "all", ip_version=IPVersion.V4Only)
+    names: set[str] = set()
+
+    def on_change(zeroconf, service_type: str, name: str, state_change: ServiceStateChange):
+        if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
+            names.add(name)
+        else:
+            names.discard(name)
+
+    browser = AsyncServiceBrowser(zc.zeroconf, [SERVICE_TYPE], handlers=[on_change])
+    try:
+        await asyncio.sleep(timeout)
+        found = []
+        for name in sorted(names):
+            info = AsyncServiceInfo(SERVICE_TYPE, name)
+            if await info.async_request(zc.zeroconf, 1000) and (server := _parse(info)):
+                found.append(server)
+    finally:
+        await browser.async_cancel()
+        await zc.async_close()
+    found.sort(key=lambda s: (not s.has_gpu, -s.capacity, s.name))
+    return found
+
+
+def local_host_name() -> str:
+    return socket.gethostname().split(".")[0]

@@ -1,0 +1,99 @@
+"""mDNS/DNS-SD advertisement of an edge server as `_earshot._tcp.local.` (zeroconf).
+
+TXT record: `protocol` (streaming protocol version), `id` (server id), `models` (comma-
+separated model ids), `device` (cuda|cpu), `capacity` (free streams right now), `token`
+(`required` or `none`), `name`. The capacity entry is refreshed as load changes, at most
+every `min_update_s`; the record is withdrawn on `stop()`.
+`interfaces` pins the sockets zeroconf uses (tests use ["127.0.0.1"]); None means every
+interface. Runs on the server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+import ifaddr
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+from edge_server.background import spawn
+
+log = logging.getLogger(__name__)
+SERVICE_TYPE = "_earshot._tcp.local."
+
+
+def interface_addresses(interfaces: list[str] | None) -> list[str]:
+    """IPv4 addresses to announce: the pinned ones, or every non-loopback one."""
+    if interfaces:
+        return list(interfaces)
+    found = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                found.append(ip.ip)
+    return found or ["127.0.0.1"]
+
+
+class Advertiser:
+    def __init__(self, name: str, port: int, interfaces: list[str] | None,
+                 txt: Callable[[], dict[str, str]], min_update_s: float = 2.0) -> None:
+        self.name = name
+        self.port = port
+        self.interfaces = interfaces
+        self.txt = txt
+        self.min_update_s = min_update_s
+        self._zc: AsyncZeroconf | None = None
+        self._info: AsyncServiceInfo | None = None
+        self._last: dict[str, str] = {}
+        self._task: asyncio.Task | None = None
+
+    def _service_info(self, properties: dict[str, str]) -> AsyncServiceInfo:
+        addresses = [socket.inet_aton(a) for a in interface_addresses(self.interfaces)]
+        host = socket.gethostname().split(".")[0] or "earshot"
+        return AsyncServiceInfo(
+            SERVICE_TYPE, f"{self.name}.{SERVICE_TYPE}", port=self.port,
+            properties=properties, addresses=addresses, server=f"{host}.local.")
+
+    async def start(self) -> None:
+        self._zc = AsyncZeroconf(interfaces=self.interfaces or "all", ip_version=IPVersion.V4Only)
+        self._last = self.txt()
+        self._info = self._service_info(self._last)
+        # each async_* call returns the broadcast task: await it too, so it really went out
+        await (await self._zc.async_register_service(self._info, allow_name_change=True))
+        log.info("advertising %s on %s", self._info.name,
+                 ", ".join(interface_addresses(self.interfaces)))
+        self._task = spawn(self._refresh(), "mdns-refresh")
+
+    async def _refresh(self) -> None:
+        last_update = time.monotonic()
+        while True:
+            await asyncio.sleep(0.5)
+            current = self.txt()
+            if current != self._last and time.monotonic() - last_update >= self.min_update_s:
+                await self.update(current)
+                last_update = time.monotonic()
+
+    async def update(self, properties: dict[str, str]) -> None:
+        if self._zc is None or self._info is None:
+            return
+        self._last = properties
+        info = self._service_info(properties)
+        info.name = self._info.name  # keep a name changed by a conflict
+        self._info = info
+        await (await self._zc.async_update_service(info))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._zc is not None:
+            with contextlib.suppress(Exception):
+                if self._info is not None:
+                    await (await self._zc.async_unregister_service(self._info))
+            await self._zc.async_close()
+            self._zc = None
