@@ -19,6 +19,8 @@ from collections import Counter
 from aiohttp import web
 
 from edge_server.config import ServerSettings
+from edge_server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from edge_server.metrics import ServerMetrics
 from edge_server.protocol import PROTOCOL_VERSION, STREAM_PATH, ErrorCode, error_message
 from edge_server.scheduler import Scheduler
 from edge_server.sessions import SessionRegistry
@@ -38,9 +40,10 @@ class EdgeServer:
             model_id=settings.model, device=settings.device, threads=settings.threads,
             workers=settings.workers, noop=settings.noop_engine))
         self.vad = VadService(None if settings.noop_engine else SileroVad())
+        self.metrics = ServerMetrics(self)
         self.scheduler = Scheduler(self.pool, self._deliver, settings.max_batch,
                                    settings.max_wait_ms, settings.degrade_after_s,
-                                   settings.partial_budget_s)
+                                   settings.partial_budget_s, self.metrics.observe_batch)
         self.registry = SessionRegistry(settings, self.vad, self.scheduler)
         self.connections_per_ip: dict[str, int] = {}
         self.stats: Counter = Counter()
@@ -123,6 +126,7 @@ class EdgeServer:
         app[SERVER_KEY] = self
         app.router.add_get(STREAM_PATH, stream_handler)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics_page)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -167,6 +171,10 @@ class EdgeServer:
             "counters": dict(self.stats),
         }
         return web.json_response(body, status=200 if ready else 503)
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(),
+                            headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Graceful shutdown: end every session, deliver its finals, within `timeout`."""

@@ -70,7 +70,9 @@ class SchedulerStats:
 class Scheduler:
     def __init__(self, pool: WorkerPool, on_result: ResultCallback, max_batch: int = 16,
                  max_wait_ms: float = 10.0, degrade_after_s: float = 0.8,
-                 partial_budget_s: float = 3.0) -> None:
+                 partial_budget_s: float = 3.0,
+                 on_batch: Callable[[list[DecodeRequest], float], None] | None = None) -> None:
+        self.on_batch = on_batch
         self.partial_budget = partial_budget_s
         self.pool = pool
         self.on_result = on_result
@@ -183,6 +185,7 @@ class Scheduler:
         return batch
 
     async def _dispatch(self, worker, batch: list[DecodeRequest]) -> None:
+        started = time.monotonic()
         try:
             texts = await self.pool.run(worker, [r.audio for r in batch])
         except WorkerCrashed as exc:
@@ -202,6 +205,8 @@ class Scheduler:
                 self.stats.failed += 1
                 self.on_result(req, None, str(exc))
         else:
+            if self.on_batch is not None:
+                self.on_batch(batch, time.monotonic() - started)
             self.stats.batches += 1
             self.stats.batch_sizes.append(len(batch))
             now = time.monotonic()

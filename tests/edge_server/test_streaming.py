@@ -199,3 +199,25 @@ def test_session_query_cannot_smuggle_a_new_session_past_admission(server):
 def test_hello_with_float_rate_is_refused(server):
     error, close = run(raw_exchange(server.url, [hello(audio={"sample_rate": 16000.0})]))
     assert (error["code"], close) == ("bad_message", 4400)
+
+
+def test_metrics_parse_as_prometheus_text(server):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    audio = speech_with_pauses([DEV / r["path"] for r in ROWS[:2]], pause_s=0.8)
+    finals, _ = run(stream_audio(server.url, audio, token=TOKEN))
+    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        families = {f.name: f for f in text_string_to_metric_families(resp.read().decode())}
+    value = {f.name: {s.name: s.value for s in f.samples} for f in families.values()}
+    assert value["earshot_sessions_started"]["earshot_sessions_started_total"] >= 1
+    assert value["earshot_batch_size"]["earshot_batch_size_count"] >= 1
+    assert value["earshot_final_latency_seconds"]["earshot_final_latency_seconds_count"] >= 2
+    assert value["earshot_workers_ready"]["earshot_workers_ready"] == 1
+    for name in ("earshot_sessions", "earshot_queue_depth", "earshot_realtime_factor",
+                 "earshot_worker_restarts", "earshot_sessions_rejected",
+                 "earshot_batch_decode_seconds"):
+        assert name in families, name
+    assert len(finals) == 2
