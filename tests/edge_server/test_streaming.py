@@ -100,7 +100,12 @@ def test_dropped_connection_resumes_with_the_same_transcript(server):
 
     finals, client = run(stream_audio(server.url, audio, token=TOKEN, during=drop_midway))
     assert client.reconnects == 1
-    assert [(f.segment, f.text) for f in finals] == [(f.segment, f.text) for f in reference]
+    # the same segments, exactly (VAD is deterministic and no frame was lost or doubled) ...
+    assert [(f.segment, f.start, f.end) for f in finals] == [
+        (f.segment, f.start, f.end) for f in reference]
+    # ... and the same words up to batch-composition rounding (int8 decoder, docs/engine.md)
+    drift = word_error_rate([f.text for f in reference], [f.text for f in finals])
+    assert drift.wer <= 0.03, ([f.text for f in reference], [f.text for f in finals])
     health = server.health()
     assert health["counters"]["sessions_resumed"] >= 1
     assert health["counters"].get("duplicate_frames", 0) >= 0
