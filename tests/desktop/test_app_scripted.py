@@ -46,7 +46,7 @@ def test_killed_app_is_recovered_on_next_start(tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until several seconds of audio are journaled
         pcm = list(journal.glob("*.pcm"))
-        if pcm and pcm[0].stat().st_size > 16000 * 2 * 6:
+        if pcm and pcm[0].stat().st_size > 16000 * 2 * 8:
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
