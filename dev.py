@@ -98,7 +98,9 @@ def ensure_venv(extras: str) -> Path:
 def ensure_models(py: Path, env: dict) -> None:
     if "EARSHOT_MODELS_DIR" not in env and (SHARED_MODELS / "moonshine-tiny-en").is_dir():
         env["EARSHOT_MODELS_DIR"] = str(SHARED_MODELS)
-    run([str(py), "-m", "desktop.cli", "models", "fetch"], env=env, cwd=ROOT)
+    fetch = subprocess.run([str(py), "-m", "desktop.cli", "models", "fetch"], env=env, cwd=ROOT)
+    if fetch.returncode:
+        sys.exit("[dev.py] the default models could not be fetched (see the message above)")
 
 
 def main(argv: list[str]) -> int:

