@@ -103,15 +103,14 @@ class Session:
 
     # ---- audio in ----------------------------------------------------------------------
     async def ingest(self, seq: int, pcm16: bytes) -> bool:
-        """Take one frame. Returns False for a duplicate (already received) frame."""
-        if seq < self.next_seq:
+        """Take one frame. Returns False for a frame not taken: a duplicate (already
+        received), or any frame after the server itself ended the turn (drain)."""
+        if self.server_ended or seq < self.next_seq:
             return False
         if seq > self.next_seq:
             raise ProtocolError(ErrorCode.SEQUENCE_GAP,
                                 f"frame {seq} arrived but {self.next_seq} was expected")
         if self.ending:
-            if self.server_ended:
-                return False  # the server ended this turn (shutdown) and said so; not acked
             raise ProtocolError(ErrorCode.BAD_FRAME, "audio after 'end'")
         samples = pcm16_to_float(pcm16)
         self.audio_received_s += len(samples) / self.sample_rate

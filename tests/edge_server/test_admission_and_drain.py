@@ -63,3 +63,47 @@ def test_sigterm_drains_open_segments_and_ends_turns():
         assert waited < 30
     finally:
         server.stop(signal.SIGKILL)
+
+
+def test_frames_sent_during_drain_are_ignored_not_errors():
+    """A client that keeps sending after `shutting_down` still gets its finals and `ended`."""
+    import json
+
+    import aiohttp
+
+    from edge_server.audio import float_to_pcm16
+    from edge_server.protocol import encode_frame
+
+    server = start_server()
+    audio = read_audio(DEV / "sherpa-test-wavs/0.wav")
+    try:
+        async def go():
+            hello = {"type": "hello", "protocol": 1, "session": "drain-raw",
+                     "audio": {"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1}}
+            messages = []
+            async with aiohttp.ClientSession() as http, http.ws_connect(
+                    server.url + "/v1/stream") as ws:
+                await ws.send_str(json.dumps(hello))
+                seq = 0
+                for i in range(0, 16000 * 4, 1600):
+                    await ws.send_bytes(encode_frame(seq, float_to_pcm16(audio[i : i + 1600])))
+                    seq += 1
+                await asyncio.sleep(0.3)
+                server.proc.send_signal(signal.SIGTERM)
+                for i in range(16000 * 4, len(audio), 1600):  # keeps talking regardless
+                    if ws.closed:
+                        break
+                    await ws.send_bytes(encode_frame(seq, float_to_pcm16(audio[i : i + 1600])))
+                    seq += 1
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        messages.append(json.loads(msg.data))
+                return messages, ws.close_code
+
+        messages, close = asyncio.run(go())
+        kinds = [m["type"] for m in messages]
+        assert not [m for m in messages if m["type"] == "error" and m["fatal"]], messages
+        assert "final" in kinds and kinds[-1] == "ended" and close == 1000
+        assert server.proc.wait(30) == 0
+    finally:
+        server.stop(signal.SIGKILL)
