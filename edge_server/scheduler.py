@@ -4,6 +4,9 @@ Sessions `submit()` decode requests; the scheduler forms batches of up to `max_b
 (waiting at most `max_wait_ms` for a batch to fill while a worker is free), sends them to
 the `WorkerPool`, and hands every result to `on_result(request, text, error)`.
 - Finals are taken in arrival order before any partial.
+- Clip requests (kind "clip": uploaded files, Wyoming utterances) fill what finals and
+  partials leave of a batch, at most `clip_budget_s` of audio per batch, so a long upload
+  never starves live streams; their results resolve `request.future` instead.
 - A session has at most one queued partial: a newer one replaces it (coalescing).
 - Partials fill a batch only up to `partial_budget_s` of audio, so a batch of partials
   frees its worker quickly and a final arriving meanwhile never waits behind much work.
@@ -37,7 +40,7 @@ MAX_CRASHES = 2
 class DecodeRequest:
     session_id: str
     segment_id: int
-    kind: str  # "final" or "partial"
+    kind: str  # "final", "partial" or "clip"
     audio: np.ndarray
     start: int = 0  # stream sample positions of the segment
     end: int = 0
@@ -46,6 +49,7 @@ class DecodeRequest:
     crashes: int = 0
     solo: bool = False  # run alone (after a crash)
     cut: bool = False  # a final of speech cut short by the server ending the turn (drain)
+    future: asyncio.Future | None = None  # clips: resolved with the text (or an exception)
 
     @property
     def seconds(self) -> float:
@@ -61,6 +65,7 @@ class SchedulerStats:
     finals: int = 0
     partials: int = 0
     partials_dropped: int = 0
+    clips: int = 0
     failed: int = 0
     requeued: int = 0
     batch_sizes: deque = field(default_factory=lambda: deque(maxlen=1000))
@@ -70,7 +75,7 @@ class SchedulerStats:
 class Scheduler:
     def __init__(self, pool: WorkerPool, on_result: ResultCallback, max_batch: int = 16,
                  max_wait_ms: float = 10.0, degrade_after_s: float = 0.8,
-                 partial_budget_s: float = 3.0,
+                 partial_budget_s: float = 3.0, clip_budget_s: float = 60.0,
                  on_batch: Callable[[list[DecodeRequest], float], None] | None = None) -> None:
         self.on_batch = on_batch
         self.partial_budget = partial_budget_s
@@ -81,6 +86,8 @@ class Scheduler:
         self.degrade_after = degrade_after_s
         self.finals: deque[DecodeRequest] = deque()
         self.partials: dict[str, DecodeRequest] = {}
+        self.clips: deque[DecodeRequest] = deque()
+        self.clip_budget = clip_budget_s
         self.in_flight = 0
         self.stats = SchedulerStats()
         self._wake = asyncio.Event()
@@ -90,7 +97,9 @@ class Scheduler:
 
     # ---- API for sessions --------------------------------------------------------------
     def submit(self, req: DecodeRequest) -> None:
-        if req.kind == "final":
+        if req.kind == "clip":
+            self.clips.append(req)
+        elif req.kind == "final":
             self.finals.append(req)
             old = self.partials.get(req.session_id)
             if old is not None and old.segment_id <= req.segment_id:
@@ -112,11 +121,15 @@ class Scheduler:
         """Forget queued work of a session that is gone (in-flight work completes)."""
         self.partials.pop(session_id, None)
         self.finals = deque(r for r in self.finals if r.session_id != session_id)
+        for req in self.clips:
+            if req.session_id == session_id and req.future is not None:
+                req.future.cancel()
+        self.clips = deque(r for r in self.clips if r.session_id != session_id)
         self._check_idle()
 
     @property
     def queue_depth(self) -> int:
-        return len(self.finals) + len(self.partials)
+        return len(self.finals) + len(self.partials) + len(self.clips)
 
     def oldest_final_wait(self) -> float:
         return time.monotonic() - self.finals[0].created if self.finals else 0.0
@@ -140,7 +153,7 @@ class Scheduler:
 
     async def _run(self) -> None:
         while True:
-            if not self.finals and not self.partials:
+            if not self.finals and not self.partials and not self.clips:
                 self._wake.clear()
                 await self._wake.wait()
             worker = await self.pool.acquire()
@@ -156,7 +169,7 @@ class Scheduler:
         """Wait up to max_wait for the queue to reach a full batch."""
         deadline = time.monotonic() + self.max_wait
         while self.queue_depth < self.max_batch and time.monotonic() < deadline:
-            if self.finals and self.finals[0].solo:
+            if (self.finals and self.finals[0].solo) or (self.clips and self.clips[0].solo):
                 return
             self._wake.clear()
             try:
@@ -167,6 +180,8 @@ class Scheduler:
     def _take_batch(self) -> list[DecodeRequest]:
         if self.finals and self.finals[0].solo:
             return [self.finals.popleft()]
+        if not self.finals and self.clips and self.clips[0].solo:
+            return [self.clips.popleft()]
         degraded = self.degraded  # judged before this batch takes the waiting finals
         batch: list[DecodeRequest] = []
         while self.finals and len(batch) < self.max_batch and not self.finals[0].solo:
@@ -182,6 +197,12 @@ class Scheduler:
                         break
                     budget -= req.seconds
                     batch.append(self.partials.pop(req.session_id))
+        budget = self.clip_budget
+        while self.clips and len(batch) < self.max_batch and not self.clips[0].solo:
+            if budget < self.clips[0].seconds and batch:
+                break
+            budget -= self.clips[0].seconds
+            batch.append(self.clips.popleft())
         return batch
 
     async def _dispatch(self, worker, batch: list[DecodeRequest]) -> None:
@@ -195,10 +216,10 @@ class Scheduler:
                 if req.crashes >= MAX_CRASHES:
                     self.stats.failed += 1
                     self.on_result(req, None, "decoding this segment crashed the worker twice")
-                elif req.kind == "final":
+                elif req.kind in ("final", "clip"):
                     req.solo = True
                     self.stats.requeued += 1
-                    self.finals.appendleft(req)
+                    (self.finals if req.kind == "final" else self.clips).appendleft(req)
             self._wake.set()
         except BatchRejected as exc:
             for req in batch:
@@ -214,6 +235,8 @@ class Scheduler:
                 if req.kind == "final":
                     self.stats.finals += 1
                     self.stats.final_latency.append(now - (req.speech_end or req.created))
+                elif req.kind == "clip":
+                    self.stats.clips += 1
                 else:
                     self.stats.partials += 1
                 self.on_result(req, text, None)
@@ -222,5 +245,5 @@ class Scheduler:
             self._check_idle()
 
     def _check_idle(self) -> None:
-        if self.in_flight == 0 and not self.finals and not self.partials:
+        if self.in_flight == 0 and not self.finals and not self.partials and not self.clips:
             self._idle.set()

@@ -74,3 +74,44 @@ def test_partials_are_shed_while_finals_wait_too_long():
         assert sched.stats.partials_dropped == 1
 
     asyncio.run(with_scheduler(body, degrade_after_s=0.1))
+
+
+def test_clips_fill_after_finals_and_partials_within_their_budget():
+    async def body(sched, pool, results):
+        held = await pool.acquire()
+        sched.start()
+        clips = [DecodeRequest("clip-1", i, "clip", np.ones(16_000 * 4, np.float32))
+                 for i in range(5)]  # 4 s each, budget 10 s: two per batch (plus the rest)
+        for c in clips:
+            sched.submit(c)
+        sched.submit(req("a", 0, "partial"))
+        sched.submit(req("b", 0, "final"))
+        await pool.release(held)
+        await asyncio.wait_for(sched.wait_idle(), 10)
+        order = [(r.session_id, r.kind) for r, _, _ in results]
+        assert order[:4] == [("b", "final"), ("a", "partial"), ("clip-1", "clip"),
+                             ("clip-1", "clip")]
+        assert list(sched.stats.batch_sizes) == [4, 2, 1]
+        assert sched.stats.clips == 5 and sched.queue_depth == 0
+
+    asyncio.run(with_scheduler(body, clip_budget_s=10.0))
+
+
+def test_dropping_a_clip_job_cancels_its_queued_requests():
+    async def body(sched, pool, results):
+        held = await pool.acquire()
+        sched.start()
+        loop = asyncio.get_running_loop()
+        kept = DecodeRequest("clip-2", 0, "clip", np.ones(1600, np.float32),
+                             future=loop.create_future())
+        gone = DecodeRequest("clip-1", 0, "clip", np.ones(1600, np.float32),
+                             future=loop.create_future())
+        sched.submit(gone)
+        sched.submit(kept)
+        sched.drop_session("clip-1")
+        assert gone.future.cancelled() and sched.queue_depth == 1
+        await pool.release(held)
+        await asyncio.wait_for(sched.wait_idle(), 10)
+        assert [r for r, _, _ in results] == [kept]
+
+    asyncio.run(with_scheduler(body))
