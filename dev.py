@@ -36,6 +36,9 @@ SYSTEM_LIBS = {
              "libxkbcommon.so.0": "libxkbcommon0", "libfontconfig.so.1": "libfontconfig1",
              "libdbus-1.so.3": "libdbus-1-3", "libGL.so.1": "libgl1"},
 }
+# Programs the tests drive: Debian's Chromium for the dashboard test (Playwright uses it
+# instead of downloading a browser), iproute2 for the network-namespace auth test.
+SYSTEM_PROGRAMS = {"app": {}, "test": {"chromium": "chromium", "ip": "iproute2"}}
 EXTRAS = {"app": "cpu,desktop", "test": "cpu,desktop,test"}
 
 
@@ -55,7 +58,9 @@ def missing_libraries(command: str) -> list[str]:
     if not sys.platform.startswith("linux") or not shutil.which("ldconfig"):
         return []
     known = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
-    return sorted({pkg for lib, pkg in SYSTEM_LIBS[command].items() if lib not in known})
+    missing = {pkg for lib, pkg in SYSTEM_LIBS[command].items() if lib not in known}
+    missing |= {pkg for prog, pkg in SYSTEM_PROGRAMS[command].items() if not shutil.which(prog)}
+    return sorted(missing)
 
 
 def ensure_system_packages(command: str) -> None:

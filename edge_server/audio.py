@@ -1,5 +1,8 @@
 """Audio conversion and file reading: everything becomes 16 kHz mono float32.
 
+Files are read by libsndfile (wav, flac, ogg/vorbis/opus, mp3, aiff, ...), else by FFmpeg
+through PyAV (m4a/aac, mp4, webm, mka, wma, ...: `edge_server.audio_container`).
+
 Pure functions plus a streaming file reader. `read_audio_blocks()` keeps memory bounded
 (one block plus the resampler's state), so a two-hour file never sits in memory whole.
 Thread-safe: no shared state.
@@ -67,33 +70,49 @@ def float_to_pcm16(samples: np.ndarray) -> bytes:
     return (clipped * 32768.0).round().astype("<i2").tobytes()
 
 
-def _open(path: Path) -> sf.SoundFile:
+def _check_path(path: Path) -> None:
     if not path.exists():
         raise AudioError(f"{path}: no such file")
     if path.is_dir():
         raise AudioError(f"{path}: is a folder, not an audio file")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: file is empty")
+
+
+def _open(path: Path) -> sf.SoundFile | None:
+    """The file opened by libsndfile, or None when libsndfile does not know its format."""
+    _check_path(path)
     try:
         return sf.SoundFile(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        detail = str(exc).split(":")[-1].strip() or "unknown format"
-        raise AudioError(f"{path}: not a readable audio file ({detail})") from None
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return None
 
 
 def audio_duration(path: Path) -> float:
     """Duration in seconds from the file header (no decoding)."""
-    with _open(path) as f:
+    f = _open(Path(path))
+    if f is None:
+        from edge_server.audio_container import container_duration
+
+        return container_duration(Path(path))
+    with f:
         return f.frames / f.samplerate if f.samplerate else 0.0
 
 
 def read_audio_blocks(path: Path, block_seconds: float = 10.0) -> Iterator[np.ndarray]:
     """Yield 16 kHz mono float32 blocks of `path` (wav, flac, ogg, ... via libsndfile).
 
+    Formats libsndfile cannot read (m4a, mp4, webm, ...) are decoded with FFmpeg (PyAV).
     Raises AudioError for a missing, empty, unreadable or non-finite file.
     """
     path = Path(path)
-    with _open(path) as f:
+    f = _open(path)
+    if f is None:
+        from edge_server.audio_container import read_container_blocks
+
+        yield from read_container_blocks(path, block_seconds)
+        return
+    with f:
         rate = f.samplerate
         check_rate(rate)
         stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(

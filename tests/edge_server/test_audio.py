@@ -86,3 +86,29 @@ def test_pcm16_round_trip():
     assert np.abs(x - y).max() < 1e-4
     with pytest.raises(AudioError, match="odd number of bytes"):
         pcm16_to_float(b"\x00\x01\x02")
+
+
+@pytest.mark.parametrize("suffix", [".m4a", ".webm"])
+def test_compressed_containers_decode_through_ffmpeg(tmp_path, suffix):
+    from tests.audio_encode import encode
+
+    source = tone(3.0, 16_000, freq=300.0)
+    path = encode(source, 16_000, tmp_path / f"a{suffix}")
+    assert abs(audio_duration(path) - 3.0) < 0.1
+    blocks = list(read_audio_blocks(path, block_seconds=1.0))
+    assert len(blocks) >= 3 and all(b.dtype == np.float32 for b in blocks)
+    audio = np.concatenate(blocks)
+    assert abs(len(audio) / 16_000 - 3.0) < 0.1
+    rms = float(np.sqrt(np.mean(audio[4000:-4000] ** 2)))
+    assert abs(rms - 0.5 / np.sqrt(2)) < 0.05  # the tone survived the lossy codec
+
+
+def test_truncated_container_is_a_clean_error(tmp_path):
+    from tests.audio_encode import encode
+
+    path = encode(tone(3.0, 16_000), 16_000, tmp_path / "a.m4a")
+    data = path.read_bytes()
+    broken = tmp_path / "broken.m4a"
+    broken.write_bytes(data[: len(data) // 3])  # the moov atom at the end is gone
+    with pytest.raises(AudioError, match=r"broken\.m4a"):
+        list(read_audio_blocks(broken))
