@@ -1,8 +1,9 @@
 """Find Earshot servers on the LAN (mDNS `_earshot._tcp.local.`), for the desktop app.
 
 `browse()` listens for `timeout` seconds and returns the servers seen, with their TXT data
-(protocol, id, models, device, capacity, token, name). `interfaces` pins zeroconf's sockets
-(tests: ["127.0.0.1"]). Run it on an asyncio loop (the app's network thread).
+(protocol, id, models, device, capacity, token, tls, name; tls=1 gives an https URL).
+`interfaces` pins zeroconf's sockets (tests: ["127.0.0.1"]). Run it on an asyncio loop
+(the app's network thread).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _parse(info: AsyncServiceInfo) -> DiscoveredServer | None:
     try:
         return DiscoveredServer(
             service=info.name, name=props.get("name") or info.name.split(".")[0],
-            url=f"http://{addresses[0]}:{info.port}", device=props.get("device", "cpu"),
+            url=f"{'https' if props.get('tls') == '1' else 'http'}://{addresses[0]}:{info.port}",
+            device=props.get("device", "cpu"),
             capacity=int(props.get("capacity", "0")),
             token_required=props.get("token") == "required",
             models=tuple(m for m in props.get("models", "").split(",") if m),

@@ -27,7 +27,7 @@ class EmbeddedServer:
                  device: str = "cpu") -> None:
         self.token = secrets.token_urlsafe(18)
         self.settings = ServerSettings(host="127.0.0.1", port=0, model=model, device=device,
-                                       workers=1, threads=threads, token=self.token,
+                                       workers=1, threads=threads, token=self.token, auth="all",
                                        max_sessions=8, mdns=False)
         self.url: str | None = None
         self.status = "stopped"

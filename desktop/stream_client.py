@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import time
 import uuid
 from collections import deque
@@ -57,7 +58,11 @@ class StreamClient:
     def __init__(self, url: str, token: str | None = None, session_id: str | None = None,
                  sample_rate: int = 16_000, partials: bool = True,
                  on_event: EventCallback | None = None, resume_window_s: float = 30.0,
-                 connect_timeout_s: float = 10.0) -> None:
+                 connect_timeout_s: float = 10.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """`ssl_context` verifies a https/wss server (default: the system's CAs, which
+        honour SSL_CERT_FILE; a self-signed server needs its CA here or there)."""
+        self.ssl_context = ssl_context
         base = url.rstrip("/")
         if base.startswith("http"):
             base = "ws" + base[4:]
@@ -104,6 +109,7 @@ class StreamClient:
         try:
             ws = await self._http.ws_connect(
                 self.url, params={"session": self.session_id}, heartbeat=20.0,
+                ssl=self.ssl_context if self.ssl_context is not None else True,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=4 << 20)
         except aiohttp.WSServerHandshakeError as exc:
             retry = exc.headers.get("Retry-After") if exc.headers else None

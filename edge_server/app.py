@@ -15,12 +15,16 @@ import socket
 import time
 import uuid
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from edge_server.auth import AuthPolicy, FailedAttempts, TokenSource, default_token_file
+from edge_server.clips import ClipTranscriber
 from edge_server.config import ServerSettings
 from edge_server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edge_server.metrics import ServerMetrics
+from edge_server.openai_api import add_openai_routes
 from edge_server.protocol import PROTOCOL_VERSION, STREAM_PATH, ErrorCode, error_message
 from edge_server.scheduler import Scheduler
 from edge_server.sessions import SessionRegistry
@@ -29,7 +33,21 @@ from edge_server.vad_service import VadService
 from edge_server.workers import WorkerConfig, WorkerPool
 from edge_server.ws_handler import SERVER_KEY, stream_handler
 
+if TYPE_CHECKING:
+    from edge_server.wyoming_server import WyomingServer
+
 log = logging.getLogger(__name__)
+
+
+def _auth_policy(settings: ServerSettings) -> AuthPolicy:
+    from pathlib import Path
+
+    path = None
+    if settings.auth != "none" and not settings.token:
+        path = Path(settings.token_file) if settings.token_file else default_token_file()
+    return AuthPolicy(settings.auth, TokenSource(settings.token, path),
+                      FailedAttempts(settings.max_auth_failures, settings.auth_window_s,
+                                     settings.auth_lockout_s))
 
 
 class EdgeServer:
@@ -43,18 +61,27 @@ class EdgeServer:
         self.metrics = ServerMetrics(self)
         self.scheduler = Scheduler(self.pool, self._deliver, settings.max_batch,
                                    settings.max_wait_ms, settings.degrade_after_s,
-                                   settings.partial_budget_s, self.metrics.observe_batch)
+                                   settings.partial_budget_s, settings.clip_budget_s,
+                                   self.metrics.observe_batch)
         self.registry = SessionRegistry(settings, self.vad, self.scheduler)
+        self.clips = ClipTranscriber(self.scheduler, self.vad, settings.segmenter,
+                                     settings.max_clip_jobs)
+        self.auth = _auth_policy(settings)
         self.connections_per_ip: dict[str, int] = {}
         self.stats: Counter = Counter()
         self.draining = False
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self.startup_error: str | None = None
         self.advertiser = None
+        self.wyoming: WyomingServer | None = None  # set by the CLI when Wyoming is on
         self._startup: asyncio.Task | None = None
 
     def _deliver(self, req, text, error) -> None:
-        self.registry.deliver(req, text, error)
+        if req.kind == "clip":
+            ClipTranscriber.resolve(req, text, error)
+        else:
+            self.registry.deliver(req, text, error)
 
     # ---- admission -----------------------------------------------------------------------
     def capacity(self) -> int | None:
@@ -90,7 +117,9 @@ class EdgeServer:
         return {"protocol": str(PROTOCOL_VERSION), "id": self.server_id,
                 "models": info.get("model") or self.settings.model or load_catalog().default_asr,
                 "device": info.get("device") or self.settings.device,
-                "capacity": str(free), "token": "required" if self.settings.token else "none",
+                "capacity": str(free),
+                "token": "required" if self.auth.token_required else "none",
+                "tls": "1" if self.settings.tls_cert else "0",
                 "name": self.advertised_name}
 
     @property
@@ -99,15 +128,18 @@ class EdgeServer:
 
     async def start_advertising(self, port: int) -> None:
         """Announce the server on the LAN once a worker is ready (a loading box is no help)."""
-        from edge_server.discovery import Advertiser
+        from edge_server.discovery import WYOMING_SERVICE_TYPE, Advertiser
 
         while not self.pool.ready_count and not self.startup_error and not self.draining:
             await asyncio.sleep(0.05)
         if self.startup_error or self.draining:
             return
         interfaces = list(self.settings.mdns_interfaces) if self.settings.mdns_interfaces else None
+        extra = None  # Home Assistant keys a Wyoming box by its name: no random suffix
+        if self.wyoming is not None:
+            extra = [(WYOMING_SERVICE_TYPE, self.advertised_name, self.wyoming.port)]
         self.advertiser = Advertiser(f"{self.advertised_name}-{self.server_id[:6]}", port,
-                                     interfaces, self.txt_record)
+                                     interfaces, self.txt_record, extra=extra)
         try:
             await self.advertiser.start()
         except OSError as exc:
@@ -127,6 +159,10 @@ class EdgeServer:
         app.router.add_get(STREAM_PATH, stream_handler)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics_page)
+        add_openai_routes(app, self)
+        from edge_server.dashboard import add_dashboard_routes
+
+        add_dashboard_routes(app, self)  # open without a token: read-only operational data
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -155,6 +191,7 @@ class EdgeServer:
         await self.registry.stop()
         await self.scheduler.stop()
         await self.pool.stop()
+        self.clips.close()
         self.vad.close()
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -69,17 +69,23 @@ def load_or_create_token(path: Path) -> str:
     return read_token(path)
 
 
-def is_loopback(address: str | None) -> bool:
-    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; False for anything unparsable."""
+def peer_ip(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address parsed (IPv4-mapped IPv6 as IPv4, zone dropped); None if unparsable."""
     if not address:
-        return False
+        return None
     try:
         ip = ipaddress.ip_address(address.split("%")[0])
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_loopback(address: str | None) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; False for anything unparsable."""
+    ip = peer_ip(address)
+    return ip is not None and ip.is_loopback
 
 
 class TokenSource:

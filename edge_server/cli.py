@@ -12,14 +12,20 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from edge_server.auth import AUTH_MODES
 from edge_server.background import spawn
 from edge_server.config import ServerSettings, load_settings
 from edge_server.engine.runtime import DEVICES
+
+if TYPE_CHECKING:
+    from edge_server.app import EdgeServer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, help="inference device (default auto)")
     p.add_argument("--workers", type=int, help=f"worker processes (default {d.workers})")
     p.add_argument("--threads", type=int, help="onnxruntime threads per worker")
-    p.add_argument("--token", help="token clients must present (default: none)")
+    p.add_argument("--token", help="token clients must present (default: the token file's)")
+    p.add_argument("--token-file", help="where the token is kept (default: "
+                   "~/.config/earshot/server-token; `earshot-server token` shows it)")
+    p.add_argument("--auth", choices=AUTH_MODES, help="who needs the token: remote (default: "
+                   "clients on other hosts), all, or none")
+    p.add_argument("--tls-cert", help="PEM certificate (chain): serve https:// and wss://")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--max-sessions", type=int, help=f"default {d.max_sessions}")
     p.add_argument("--max-batch", type=int, help=f"default {d.max_batch}")
     p.add_argument("--max-wait-ms", type=float, help=f"default {d.max_wait_ms:g}")
@@ -48,8 +60,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="advertise over mDNS only on these interface addresses")
     p.add_argument("--no-mdns", dest="mdns", action="store_false", default=None,
                    help="do not advertise over mDNS")
+    p.add_argument("--wyoming", action="store_true", default=None,
+                   help="also serve the Wyoming protocol (Home Assistant speech-to-text); "
+                   "no token: open to the wyoming_allow networks (default: loopback and LAN)")
+    p.add_argument("--wyoming-host", help="address for Wyoming (default: --host)")
+    p.add_argument("--wyoming-port", type=int,
+                   help=f"Wyoming port (default {d.wyoming_port}; 0 picks a free one)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The server's TLS context, or None for plain http/ws. Raises ValueError when unusable."""
+    if not settings.tls_cert and not settings.tls_key:
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot use TLS certificate {settings.tls_cert}: {exc}") from None
+    return context
+
+
+async def start_wyoming(server: EdgeServer) -> None:
+    """Serve Wyoming beside HTTP and print where (the real port when 0 was asked)."""
+    from edge_server.wyoming_server import WyomingServer
+
+    server.wyoming = WyomingServer(server)
+    await server.wyoming.start()
+    print(f"earshot-server wyoming on {server.wyoming.uri}", flush=True)
 
 
 async def serve(settings: ServerSettings) -> None:
@@ -59,10 +100,13 @@ async def serve(settings: ServerSettings) -> None:
     runner = web.AppRunner(server.make_app(), handle_signals=False, access_log=None,
                             shutdown_timeout=5)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls_context(settings))
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
-    print(f"earshot-server listening on http://{settings.host}:{port}", flush=True)
+    scheme = "https" if settings.tls_cert else "http"
+    print(f"earshot-server listening on {scheme}://{settings.host}:{port}", flush=True)
+    if settings.wyoming:
+        await start_wyoming(server)
     if settings.mdns:
         spawn(server.start_advertising(port), "mdns-start")
     stop = asyncio.Event()
@@ -72,14 +116,22 @@ async def serve(settings: ServerSettings) -> None:
     await stop.wait()
     logging.getLogger(__name__).info("draining")
     await server.drain()
+    if server.wyoming is not None:
+        await server.wyoming.stop()
     await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["token"]:
+        from edge_server.token_cmd import main as token_main
+
+        return token_main(argv[1:])
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "verbose")}
     try:
         settings = load_settings(args.config, overrides)
+        tls_context(settings)  # an unusable certificate is a one-line error before anything runs
     except ValueError as exc:
         print(f"earshot-server: error: {exc}", file=sys.stderr)
         return 2
@@ -98,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             require_model(settings.model or catalog.default_asr)
             require_model(catalog.default_vad)
         asyncio.run(serve(settings))
-    except (ModelNotReadyError, EngineError, UnknownModelError, OSError) as exc:
+    except (ModelNotReadyError, EngineError, UnknownModelError, OSError, ValueError) as exc:
         print(f"earshot-server: error: {exc}", file=sys.stderr)
         return 1
     return 0

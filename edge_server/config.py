@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from edge_server.segmenter import SegmenterConfig
+
+# loopback and private LAN ranges: Wyoming has no token, so it is open to these only
+WYOMING_ALLOW = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12",
+                 "192.168.0.0/16", "169.254.0.0/16", "fc00::/7", "fe80::/10")
+LIST_KEYS = ("mdns_interfaces", "wyoming_allow")  # TOML list or "a,b" -> tuple
 
 
 @dataclass(frozen=True)
@@ -17,7 +23,14 @@ class ServerSettings:
     device: str = "auto"
     workers: int = 1
     threads: int | None = None
-    token: str | None = None
+    token: str | None = None  # default: the token file's (created on first start)
+    token_file: str | None = None  # default: auth.default_token_file()
+    auth: str = "remote"  # remote (loopback needs no token) | all | none
+    max_auth_failures: int = 10  # failed attempts per address within auth_window_s ...
+    auth_window_s: float = 60.0
+    auth_lockout_s: float = 60.0  # ... lock the address out this long
+    tls_cert: str | None = None  # PEM certificate chain: serve https/wss
+    tls_key: str | None = None
     noop_engine: bool = False  # no inference at all: measures the server's own overhead
     max_sessions: int = 64
     max_batch: int = 16
@@ -38,10 +51,29 @@ class ServerSettings:
     mdns: bool = True  # advertise as _earshot._tcp.local.
     mdns_interfaces: tuple[str, ...] | None = None  # None: every interface
     name: str | None = None  # advertised name (default: the host name)
+    max_clip_jobs: int = 8  # uploads / Wyoming utterances transcribed at once
+    clip_budget_s: float = 60.0  # most clip audio seconds decoded in one batch
+    max_upload_mb: float = 100.0  # largest file accepted by /v1/audio/transcriptions
+    wyoming: bool = False  # also serve the Wyoming protocol (Home Assistant)
+    wyoming_host: str | None = None  # default: the HTTP host
+    wyoming_port: int = 10300
+    wyoming_allow: tuple[str, ...] = WYOMING_ALLOW  # networks that may connect (no token!)
+    max_utterance_s: float = 300.0  # longest Wyoming utterance accepted (audio seconds)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 
 
 SEGMENTER_KEYS = {f.name for f in fields(SegmenterConfig)}
+
+
+def _check_networks(value: object) -> None:
+    """Raise ValueError unless `value` is a tuple of IP networks ("10.0.0.0/8", "::1")."""
+    if not isinstance(value, tuple):
+        raise ValueError("wyoming_allow must be a list of networks")
+    for net in value:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"wyoming_allow: {exc}") from None
 
 
 def load_settings(path: Path | None, overrides: dict) -> ServerSettings:
@@ -59,9 +91,11 @@ def load_settings(path: Path | None, overrides: dict) -> ServerSettings:
         raise ValueError(f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}")
     data.update({k: v for k, v in overrides.items() if v is not None and k in known})
     seg.update({k: v for k, v in overrides.items() if v is not None and k in SEGMENTER_KEYS})
-    if isinstance(data.get("mdns_interfaces"), (list, str)):
-        value = data["mdns_interfaces"]
-        items = value.split(",") if isinstance(value, str) else value
-        data["mdns_interfaces"] = tuple(i.strip() for i in items if i.strip())
+    for key in LIST_KEYS:
+        if isinstance(data.get(key), (list, str)):
+            value = data[key]
+            items = value.split(",") if isinstance(value, str) else value
+            data[key] = tuple(str(i).strip() for i in items if str(i).strip())
+    _check_networks(data.get("wyoming_allow", ()))
     settings = replace(ServerSettings(), **data)
     return replace(settings, segmenter=replace(settings.segmenter, **seg))

@@ -5,7 +5,10 @@ separated model ids), `device` (cuda|cpu), `capacity` (free streams right now), 
 (`required` or `none`), `name`. The capacity entry is refreshed as load changes, at most
 every `min_update_s`; the record is withdrawn on `stop()`.
 `interfaces` pins the sockets zeroconf uses (tests use ["127.0.0.1"]); None means every
-interface. Runs on the server's event loop.
+interface. `extra` lists further services to announce as (service type, instance name,
+port), with no TXT record (the Wyoming server: `_wyoming._tcp.local.`, which Home Assistant
+discovers; it keys a discovered box by the instance name, so that name should be stable
+across restarts); they are withdrawn with the main record. Runs on the server's event loop.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from edge_server.background import spawn
 
 log = logging.getLogger(__name__)
 SERVICE_TYPE = "_earshot._tcp.local."
+WYOMING_SERVICE_TYPE = "_wyoming._tcp.local."
 
 
 def interface_addresses(interfaces: list[str] | None) -> list[str]:
@@ -41,22 +45,26 @@ def interface_addresses(interfaces: list[str] | None) -> list[str]:
 
 class Advertiser:
     def __init__(self, name: str, port: int, interfaces: list[str] | None,
-                 txt: Callable[[], dict[str, str]], min_update_s: float = 2.0) -> None:
+                 txt: Callable[[], dict[str, str]], min_update_s: float = 2.0,
+                 extra: list[tuple[str, str, int]] | None = None) -> None:
         self.name = name
         self.port = port
         self.interfaces = interfaces
         self.txt = txt
         self.min_update_s = min_update_s
+        self.extra = list(extra or [])  # (service type, instance name, port)
+        self._extra_infos: list[AsyncServiceInfo] = []
         self._zc: AsyncZeroconf | None = None
         self._info: AsyncServiceInfo | None = None
         self._last: dict[str, str] = {}
         self._task: asyncio.Task | None = None
 
-    def _service_info(self, properties: dict[str, str]) -> AsyncServiceInfo:
+    def _service_info(self, properties: dict[str, str], service_type: str = SERVICE_TYPE,
+                      name: str | None = None, port: int | None = None) -> AsyncServiceInfo:
         addresses = [socket.inet_aton(a) for a in interface_addresses(self.interfaces)]
         host = socket.gethostname().split(".")[0] or "earshot"
         return AsyncServiceInfo(
-            SERVICE_TYPE, f"{self.name}.{SERVICE_TYPE}", port=self.port,
+            service_type, f"{name or self.name}.{service_type}", port=port or self.port,
             properties=properties, addresses=addresses, server=f"{host}.local.")
 
     async def start(self) -> None:
@@ -65,8 +73,13 @@ class Advertiser:
         self._info = self._service_info(self._last)
         # each async_* call returns the broadcast task: await it too, so it really went out
         await (await self._zc.async_register_service(self._info, allow_name_change=True))
-        log.info("advertising %s on %s", self._info.name,
-                 ", ".join(interface_addresses(self.interfaces)))
+        for service_type, name, port in self.extra:
+            info = self._service_info({}, service_type, name, port)
+            await (await self._zc.async_register_service(info, allow_name_change=True))
+            self._extra_infos.append(info)
+        log.info("advertising %s on %s", ", ".join(
+            i.name for i in (self._info, *self._extra_infos)),
+            ", ".join(interface_addresses(self.interfaces)))
         self._task = spawn(self._refresh(), "mdns-refresh")
 
     async def _refresh(self) -> None:
@@ -92,8 +105,10 @@ class Advertiser:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._zc is not None:
-            with contextlib.suppress(Exception):
-                if self._info is not None:
-                    await (await self._zc.async_unregister_service(self._info))
+            for info in (*self._extra_infos, self._info):
+                with contextlib.suppress(Exception):
+                    if info is not None:
+                        await (await self._zc.async_unregister_service(info))
+            self._extra_infos = []
             await self._zc.async_close()
             self._zc = None

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -82,6 +82,9 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     server: EdgeServer = request.app[SERVER_KEY]
     settings = server.settings
     peer = request.remote or "?"
+    if (locked := server.auth.lockout(peer)) is not None:
+        server.stats["auth_lockouts"] += 1
+        return _refuse(429, ErrorCode.RATE_LIMITED, locked.reason, math.ceil(locked.retry_after))
     resuming = request.query.get("session")
     bypass = resuming if resuming and server.registry.get(resuming) else None
     if bypass is None:
@@ -104,7 +107,7 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
         if bypass is not None and (not hello.resume or hello.session != bypass):
             raise ProtocolError(ErrorCode.OVERLOADED,
                                 "the ?session= query must name the session being resumed")
-        session = _open_session(server, hello, conn)
+        session = _open_session(server, hello, conn, peer)
         await _serve(server, session, conn, ws, hello)
     except ProtocolError as exc:
         log.info("closing %s: %s (%s)", peer, exc.message, exc.code)
@@ -142,11 +145,12 @@ async def _receive_hello(ws: web.WebSocketResponse, timeout: float) -> Hello:
     return parse_hello(parse_json(msg.data))
 
 
-def _open_session(server: EdgeServer, hello: Hello, conn: WsConnection) -> Session:
-    expected = server.settings.token
-    if expected and not hmac.compare_digest((hello.token or "").encode(), expected.encode()):
+def _open_session(server: EdgeServer, hello: Hello, conn: WsConnection, peer: str) -> Session:
+    decision = server.auth.check(peer, hello.token)
+    if not decision.allowed:
         server.stats["auth_failures"] += 1
-        raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing or wrong token")
+        code = ErrorCode.RATE_LIMITED if decision.locked_out else ErrorCode.UNAUTHORIZED
+        raise ProtocolError(code, decision.reason)
     session = server.registry.get(hello.session)
     if hello.resume:
         if session is None:

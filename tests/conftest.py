@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ SENTENCE_SETS = ("sherpa-test-wavs", "librispeech-test-clean-kw", "pocketsphinx-
 os.environ.setdefault("EARSHOT_MODELS_DIR", str(SHARED / "models"))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("EARSHOT_MDNS_INTERFACES", "127.0.0.1")  # never browse the real LAN
+# servers started by tests keep their token file out of the user's config dir
+os.environ.setdefault("EARSHOT_SERVER_TOKEN_FILE",
+                      str(Path(tempfile.mkdtemp(prefix="earshot-token-")) / "server-token"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

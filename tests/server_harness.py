@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -23,13 +24,26 @@ class ServerProcess:
     proc: subprocess.Popen
     url: str
     log: list[str]
+    ssl_context: ssl.SSLContext | None = None  # for a https server with a test CA
 
     def health(self) -> dict:
         try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=5) as resp:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=5,
+                                        context=self.ssl_context) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as err:
             return json.loads(err.read())
+
+    def wyoming_address(self, timeout: float = 10) -> tuple[str, int]:
+        """(host, port) of the Wyoming server (started with --wyoming), from its stdout line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in list(self.log):
+                if m := re.search(r"wyoming on tcp://(\S+):(\d+)", line):
+                    return m.group(1), int(m.group(2))
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("no wyoming line: " + "".join(self.log))
+            time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:
@@ -42,7 +56,8 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def start_server(*args: str, env: dict | None = None, ready_timeout: float = 120) -> ServerProcess:
+def start_server(*args: str, env: dict | None = None, ready_timeout: float = 120,
+                 ssl_context: ssl.SSLContext | None = None) -> ServerProcess:
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     if "--mdns-interfaces" not in args:  # never multicast beyond loopback from tests
         args = (*args, "--no-mdns")
@@ -58,12 +73,12 @@ def start_server(*args: str, env: dict | None = None, ready_timeout: float = 120
         if not line:
             raise RuntimeError("server exited: " + "".join(log))
         log.append(line)
-        if m := re.search(r"listening on (http://\S+)", line):
+        if m := re.search(r"listening on (https?://\S+)", line):
             url = m.group(1)
     import threading
 
     threading.Thread(target=lambda: [log.append(ln) for ln in proc.stdout], daemon=True).start()
-    server = ServerProcess(proc, url, log)
+    server = ServerProcess(proc, url, log, ssl_context)
     while server.health().get("status") != "ready":
         if time.monotonic() > deadline or proc.poll() is not None:
             server.stop(signal.SIGKILL)

@@ -26,7 +26,7 @@ ROWS = dev_rows(("librispeech-test-clean-kw", "pocketsphinx-testdata"))[:6]
 def server(tmp_path_factory):
     cfg = tmp_path_factory.mktemp("cfg") / "server.toml"
     cfg.write_text("handshake_timeout_s = 1.0\nmax_frame_ms = 1000\n")
-    srv = start_server("--token", TOKEN, "--config", str(cfg))
+    srv = start_server("--token", TOKEN, "--auth", "all", "--config", str(cfg))
     yield srv
     assert srv.stop() == 0
 

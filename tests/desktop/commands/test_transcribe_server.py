@@ -13,7 +13,7 @@ from tests.server_harness import start_server
 
 @pytest.fixture(scope="module")
 def server():
-    srv = start_server("--token", "tkn")
+    srv = start_server("--token", "tkn", "--auth", "all")
     yield srv
     srv.stop()
 

@@ -1,0 +1,221 @@
+"""OpenAI-compatible HTTP API: `POST /v1/audio/transcriptions`, `GET /v1/models[/{id}]`.
+
+Any OpenAI client works by pointing its base URL at `http://BOX:8765/v1` and using the
+server token as the API key (`Authorization: Bearer TOKEN`; loopback clients need none
+by default). The upload is streamed to disk with a size limit (`max_upload_mb`), decoded
+with libsndfile (wav, flac, ogg/opus, mp3, ...) or FFmpeg (m4a, mp4, webm, ...), and
+transcribed through the same scheduler and workers as live streams (`EdgeServer.clips`).
+`model` may be the served model id or `whisper-1` (an alias for the served model, since
+many tools hard-code it).
+`prompt` and `temperature` are accepted and ignored (Moonshine takes no prompt and
+decodes greedily). Word timestamps are refused: the engine has no token times.
+Errors use OpenAI's body shape (see `openai_format.error_body`); the status codes are
+documented in docs/openai-api.md. Handlers run on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from edge_server.audio import AudioError, read_audio_blocks
+from edge_server.clips import ClipError, ClipsBusy
+from edge_server.openai_format import RESPONSE_FORMATS, error_body, render_response
+from edge_server.uploads import UploadError, UploadTooLarge, read_form
+
+if TYPE_CHECKING:
+    from edge_server.app import EdgeServer
+
+log = logging.getLogger(__name__)
+MODEL_ALIASES = ("whisper-1",)
+LANGUAGES = ("en",)
+GRANULARITIES = ("segment", "word")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = error_body(message, type_, param, code)
+        self.retry_after = retry_after
+
+    def response(self) -> web.Response:
+        headers = {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return web.json_response(self.body, status=self.status, headers=headers)
+
+
+def add_openai_routes(app: web.Application, server: EdgeServer) -> None:
+    api = OpenAiApi(server)
+    app.router.add_post("/v1/audio/transcriptions", api.transcriptions)
+    app.router.add_get("/v1/models", api.models)
+    app.router.add_get("/v1/models/{model}", api.model)
+
+
+class OpenAiApi:
+    def __init__(self, server: EdgeServer) -> None:
+        self.server = server
+
+    # ---- helpers -------------------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        from models.catalog import load_catalog
+
+        info = self.server.pool.info
+        return info.get("model") or self.server.settings.model or load_catalog().default_asr
+
+    def _model_entry(self) -> dict:
+        return {"id": self.model_id, "object": "model", "created": int(self.server.started_wall),
+                "owned_by": "earshot"}
+
+    def _authorize(self, request: web.Request) -> None:
+        peer = request.remote or "?"
+        header = request.headers.get("Authorization", "")
+        presented = header[7:].strip() if header[:7].lower() == "bearer " else None
+        decision = self.server.auth.check(peer, presented)
+        if decision.locked_out:
+            raise ApiError(429, decision.reason, "rate_limit_error", code="rate_limit_exceeded",
+                           retry_after=decision.retry_after)
+        if not decision.allowed:
+            self.server.stats["auth_failures"] += 1
+            raise ApiError(401, f"{decision.reason}: send the server token as the API key "
+                           "(`earshot-server token` shows it)", "invalid_request_error",
+                           code="invalid_api_key")
+
+    def _check_ready(self) -> None:
+        retry = self.server.settings.retry_after_s
+        if self.server.draining:
+            raise ApiError(503, "the server is shutting down", "server_error",
+                           code="unavailable", retry_after=retry)
+        if self.server.pool.ready_count == 0:
+            raise ApiError(503, "the server is starting (models loading)", "server_error",
+                           code="unavailable", retry_after=retry)
+
+    # ---- routes --------------------------------------------------------------------------
+    async def models(self, request: web.Request) -> web.Response:
+        try:
+            self._authorize(request)
+        except ApiError as exc:
+            return exc.response()
+        return web.json_response({"object": "list", "data": [self._model_entry()]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        try:
+            self._authorize(request)
+            name = request.match_info["model"]
+            if name not in (self.model_id, *MODEL_ALIASES):
+                raise ApiError(404, f"the model '{name}' does not exist on this server",
+                               param="model", code="model_not_found")
+        except ApiError as exc:
+            return exc.response()
+        return web.json_response(self._model_entry())
+
+    async def transcriptions(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        self.server.stats["api_requests"] += 1
+        form = None
+        try:
+            self._authorize(request)
+            self._check_ready()
+            settings = self.server.settings
+            limit = int(settings.max_upload_mb * 1_000_000)
+            try:
+                form = await read_form(request, "file", limit)
+            except UploadTooLarge as exc:
+                raise ApiError(413, str(exc), param="file", code="file_too_large") from None
+            except UploadError as exc:
+                raise ApiError(400, str(exc), param=exc.param) from None
+            options = self._options(form)
+            transcript = await self._transcribe(request, form)
+        except ApiError as exc:
+            self.server.stats["api_errors"] += 1
+            log.info("transcription request from %s refused: %s", request.remote,
+                     exc.body["error"]["message"])
+            return exc.response()
+        finally:
+            if form is not None:
+                form.discard()
+        content_type, body = render_response(transcript, options["response_format"],
+                                             options["language"])
+        log.info("transcribed %.1f s of audio for %s in %.2f s", transcript.duration,
+                 request.remote, time.monotonic() - started)
+        if isinstance(body, dict):
+            return web.json_response(body)
+        return web.Response(text=body, content_type=content_type, charset="utf-8")
+
+    def _options(self, form) -> dict:
+        if form.file_path is None:
+            raise ApiError(400, "you must provide a 'file' (multipart form field)", param="file")
+        model = form.get("model")
+        if not model:
+            raise ApiError(400, "you must provide a 'model' (e.g. whisper-1 or "
+                           f"{self.model_id})", param="model")
+        if model not in (self.model_id, *MODEL_ALIASES):
+            raise ApiError(400, f"the model '{model}' is not served here (this server runs "
+                           f"{self.model_id}; 'whisper-1' is an alias for it)", param="model",
+                           code="model_not_found")
+        fmt = form.get("response_format") or "json"
+        if fmt not in RESPONSE_FORMATS:
+            raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}",
+                           param="response_format")
+        language = (form.get("language") or "en").lower()
+        if language not in LANGUAGES:
+            raise ApiError(400, f"language '{language}' is not supported by {self.model_id} "
+                           f"(supported: {', '.join(LANGUAGES)})", param="language",
+                           code="unsupported_language")
+        grains = form.fields.get("timestamp_granularities[]", []) + form.fields.get(
+            "timestamp_granularities", [])
+        for grain in grains:
+            if grain not in GRANULARITIES:
+                raise ApiError(400, f"timestamp_granularities: unknown value '{grain}'",
+                               param="timestamp_granularities")
+            if grain == "word":
+                raise ApiError(400, "word timestamps are not available: the engine does not "
+                               "produce token times (segment timestamps are)",
+                               param="timestamp_granularities")
+        if grains and fmt != "verbose_json":
+            raise ApiError(400, "timestamp_granularities needs response_format=verbose_json",
+                           param="timestamp_granularities")
+        if (form.get("stream") or "false").lower() == "true":
+            raise ApiError(400, "streaming responses are not supported for this model; use "
+                           "the WebSocket stream for live text", param="stream")
+        return {"response_format": fmt, "language": language}
+
+    async def _transcribe(self, request: web.Request, form):
+        """Transcribe the saved upload; abandoned when the client disconnects."""
+        blocks = read_audio_blocks(form.file_path, block_seconds=5.0)
+        job = asyncio.get_running_loop().create_task(
+            self.server.clips.transcribe(blocks, source=form.file_name or ""))
+        try:
+            while not job.done():
+                await asyncio.wait({job}, timeout=0.5)
+                transport = request.transport
+                if not job.done() and (transport is None or transport.is_closing()):
+                    job.cancel()
+                    self.server.stats["api_abandoned"] += 1
+            return job.result()
+        except ClipsBusy as exc:
+            raise ApiError(429, str(exc), "rate_limit_error", code="rate_limit_exceeded",
+                           retry_after=self.server.settings.retry_after_s) from None
+        except AudioError as exc:
+            name = form.file_name or "upload"
+            detail = str(exc).replace(str(form.file_path), name)
+            raise ApiError(400, f"could not decode the audio file: {detail} (supported: wav, "
+                           "flac, mp3, ogg, opus, m4a, mp4, webm and other FFmpeg formats)",
+                           param="file", code="invalid_file") from None
+        except ClipError as exc:
+            raise ApiError(500, f"decoding failed: {exc}", "server_error") from None
+        finally:
+            if not job.done():
+                job.cancel()
+            with contextlib.suppress(BaseException):
+                await job
