@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import threading
 import time
 
 import numpy as np
@@ -20,7 +19,6 @@ from wyoming.error import Error
 from wyoming.event import Event, async_read_event
 from wyoming.info import Describe, Info
 from wyoming.ping import Ping, Pong
-from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
 
 from edge_server.audio import read_audio
 from edge_server.config import load_settings
@@ -28,6 +26,7 @@ from edge_server.discovery import WYOMING_SERVICE_TYPE
 from edge_server.evaluation import word_error_rate
 from edge_server.wyoming_server import is_allowed, parse_networks
 from tests.conftest import DEV, dev_rows
+from tests.mdns_watch import MdnsWatch
 from tests.server_harness import start_server
 
 Address = tuple[str, int]
@@ -250,17 +249,7 @@ def test_allowlist_closes_other_addresses_and_mdns_record_comes_and_goes(tmp_pat
     cfg.write_text('wyoming_allow = ["10.0.0.0/8"]\n')  # 127.0.0.1 is not in it
     server = start_server("--noop-engine", "--wyoming", "--wyoming-port", "0", "--config",
                           str(cfg), "--mdns-interfaces", "127.0.0.1", "--name", "kitchen")
-    zc = Zeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
-    added, removed = threading.Event(), threading.Event()
-    names: list[str] = []
-
-    def on_change(zeroconf, service_type, name, state_change):
-        if state_change is ServiceStateChange.Added:
-            names.append(name)
-            added.set()
-        elif state_change is ServiceStateChange.Removed:
-            removed.set()
-
+    watch = MdnsWatch(WYOMING_SERVICE_TYPE)
     try:
         host, port = server.wyoming_address()
 
@@ -277,17 +266,16 @@ def test_allowlist_closes_other_addresses_and_mdns_record_comes_and_goes(tmp_pat
         assert asyncio.run(refused()) is None
         assert any("refused connection from 127.0.0.1" in line for line in server.log)
 
-        browser = ServiceBrowser(zc, WYOMING_SERVICE_TYPE, handlers=[on_change])
-        assert added.wait(3.0), "_wyoming._tcp not found within 3 s"
-        info = zc.get_service_info(WYOMING_SERVICE_TYPE, names[0], timeout=2000)
-        assert names == [f"kitchen.{WYOMING_SERVICE_TYPE}"]  # stable: HA keys on it
+        watch.start()
+        assert watch.added.wait(3.0), "_wyoming._tcp not found within 3 s"
+        info = watch.info(watch.names[0])
+        assert watch.names == [f"kitchen.{WYOMING_SERVICE_TYPE}"]  # stable: HA keys on it
         assert info.port == port and info.parsed_addresses() == ["127.0.0.1"]
 
         started = time.monotonic()
         assert server.stop() == 0
-        assert removed.wait(5.0), "_wyoming._tcp still advertised after shutdown"
+        assert watch.removed.wait(5.0), "_wyoming._tcp still advertised after shutdown"
         assert time.monotonic() - started < 10
-        browser.cancel()
     finally:
         server.stop()
-        zc.close()
+        watch.close()
