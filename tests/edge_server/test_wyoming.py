@@ -264,7 +264,10 @@ def test_allowlist_closes_other_addresses_and_mdns_record_comes_and_goes(tmp_pat
             return reply
 
         assert asyncio.run(refused()) is None
-        assert any("refused connection from 127.0.0.1" in line for line in server.log)
+        deadline = time.monotonic() + 5  # the log is read from the server's stdout by a thread
+        while not any("refused connection from 127.0.0.1" in ln for ln in server.log):
+            assert time.monotonic() < deadline, "refusal not logged"
+            time.sleep(0.05)
 
         watch.start()
         assert watch.added.wait(3.0), "_wyoming._tcp not found within 3 s"
