@@ -108,19 +108,24 @@ class EdgeServer:
     # ---- discovery -----------------------------------------------------------------------
     def txt_record(self) -> dict[str, str]:
         """What the mDNS TXT record says about this server right now."""
-        from models.catalog import load_catalog
-
         info = self.pool.info
         cap = self.capacity() or self.settings.max_sessions
         free = 0 if self.draining or not self.pool.ready_count else max(
             0, min(cap, self.settings.max_sessions) - self.registry.active)
         return {"protocol": str(PROTOCOL_VERSION), "id": self.server_id,
-                "models": info.get("model") or self.settings.model or load_catalog().default_asr,
+                "models": self.model_id,
                 "device": info.get("device") or self.settings.device,
                 "capacity": str(free),
                 "token": "required" if self.auth.token_required else "none",
                 "tls": "1" if self.settings.tls_cert else "0",
                 "name": self.advertised_name}
+
+    @property
+    def model_id(self) -> str:
+        """The served model: what the workers loaded, else what they were asked to load."""
+        from models.catalog import load_catalog
+
+        return self.pool.info.get("model") or self.settings.model or load_catalog().default_asr
 
     @property
     def advertised_name(self) -> str:

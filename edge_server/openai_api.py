@@ -68,10 +68,7 @@ class OpenAiApi:
     # ---- helpers -------------------------------------------------------------------------
     @property
     def model_id(self) -> str:
-        from models.catalog import load_catalog
-
-        info = self.server.pool.info
-        return info.get("model") or self.server.settings.model or load_catalog().default_asr
+        return self.server.model_id
 
     def _model_entry(self) -> dict:
         return {"id": self.model_id, "object": "model", "created": int(self.server.started_wall),

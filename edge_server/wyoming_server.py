@@ -133,11 +133,7 @@ class WyomingServer:
             await asyncio.wait(tasks, timeout=timeout)
 
     def model(self) -> ModelInfo:
-        from models.catalog import load_catalog
-
-        settings = self.edge.settings
-        return model_info(self.edge.pool.info.get("model") or settings.model
-                          or load_catalog().default_asr)
+        return model_info(self.edge.model_id)
 
     def info(self) -> Info:
         model = self.model()
