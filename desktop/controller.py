@@ -24,10 +24,10 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from desktop.capture import AudioSource, CaptureError, level_dbfs
 from desktop.dictation import Dictation, DictationFailed, DictationListener, Endpoint, FinalText
-from desktop.discovery import DiscoveredServer, browse
 from desktop.embedded_server import EmbeddedServer
 from desktop.history import History
 from desktop.journal import Journal, JournalWriter
+from desktop.lan.discovery import DiscoveredServer, browse
 from desktop.loop_thread import LoopThread
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from edge_server.auth import AuthPolicy, FailedAttempts, TokenSource, default_token_file
 from edge_server.clips import ClipTranscriber
 from edge_server.config import ServerSettings
+from edge_server.lan.auth import AuthPolicy, FailedAttempts, TokenSource, default_token_file
 from edge_server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edge_server.metrics import ServerMetrics
 from edge_server.openai_api import add_openai_routes
@@ -133,7 +133,7 @@ class EdgeServer:
 
     async def start_advertising(self, port: int) -> None:
         """Announce the server on the LAN once a worker is ready (a loading box is no help)."""
-        from edge_server.discovery import WYOMING_SERVICE_TYPE, Advertiser
+        from edge_server.lan.discovery import WYOMING_SERVICE_TYPE, Advertiser
 
         while not self.pool.ready_count and not self.startup_error and not self.draining:
             await asyncio.sleep(0.05)

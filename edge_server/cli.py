@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from edge_server.auth import AUTH_MODES
 from edge_server.background import spawn
 from edge_server.config import ServerSettings, load_settings
 from edge_server.engine.runtime import DEVICES
+from edge_server.lan.auth import AUTH_MODES
 
 if TYPE_CHECKING:
     from edge_server.app import EdgeServer
@@ -43,8 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "~/.config/earshot/server-token; `earshot-server token` shows it)")
     p.add_argument("--auth", choices=AUTH_MODES, help="who needs the token: remote (default: "
                    "clients on other hosts), all, or none")
-    p.add_argument("--tls-cert", help="PEM certificate (chain): serve https:// and wss://")
+    p.add_argument("--tls-cert", help="PEM certificate (chain) for https:// and wss:// "
+                   "(default: the server's own self-signed identity certificate)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--state-dir", help="where the server id and identity certificate live "
+                   "(default: the user data folder; `earshot-server identity` shows them)")
+    p.add_argument("--allow-plain-lan", action="store_true", default=None,
+                   help="also accept plain http:// and ws:// from other hosts (token sent in "
+                   "clear; logged as a warning)")
+    p.add_argument("--trusted-proxies", metavar="NET[,NET]",
+                   help="reverse proxies whose Forwarded/X-Forwarded-For headers are believed")
     p.add_argument("--max-sessions", type=int, help=f"default {d.max_sessions}")
     p.add_argument("--max-batch", type=int, help=f"default {d.max_batch}")
     p.add_argument("--max-wait-ms", type=float, help=f"default {d.max_wait_ms:g}")
@@ -124,7 +132,7 @@ async def serve(settings: ServerSettings) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["token"]:
-        from edge_server.token_cmd import main as token_main
+        from edge_server.lan.token_cmd import main as token_main
 
         return token_main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -12,7 +12,7 @@ from edge_server.segmenter import SegmenterConfig
 # loopback and private LAN ranges: Wyoming has no token, so it is open to these only
 WYOMING_ALLOW = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12",
                  "192.168.0.0/16", "169.254.0.0/16", "fc00::/7", "fe80::/10")
-LIST_KEYS = ("mdns_interfaces", "wyoming_allow")  # TOML list or "a,b" -> tuple
+LIST_KEYS = ("mdns_interfaces", "wyoming_allow", "trusted_proxies")  # TOML list or "a,b" -> tuple
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,11 @@ class ServerSettings:
     max_auth_failures: int = 10  # failed attempts per address within auth_window_s ...
     auth_window_s: float = 60.0
     auth_lockout_s: float = 60.0  # ... lock the address out this long
-    tls_cert: str | None = None  # PEM certificate chain: serve https/wss
+    tls_cert: str | None = None  # PEM certificate chain (default: the identity's own)
     tls_key: str | None = None
+    state_dir: str | None = None  # server id + identity certificate (lan.identity)
+    allow_plain_lan: bool = False  # accept plain http/ws from other hosts (logged opt-out)
+    trusted_proxies: tuple[str, ...] = ()  # reverse proxies whose forwarding headers count
     noop_engine: bool = False  # no inference at all: measures the server's own overhead
     max_sessions: int = 64
     max_batch: int = 16
@@ -65,15 +68,15 @@ class ServerSettings:
 SEGMENTER_KEYS = {f.name for f in fields(SegmenterConfig)}
 
 
-def _check_networks(value: object) -> None:
+def _check_networks(value: object, key: str) -> None:
     """Raise ValueError unless `value` is a tuple of IP networks ("10.0.0.0/8", "::1")."""
     if not isinstance(value, tuple):
-        raise ValueError("wyoming_allow must be a list of networks")
+        raise ValueError(f"{key} must be a list of networks")
     for net in value:
         try:
             ipaddress.ip_network(net, strict=False)
         except ValueError as exc:
-            raise ValueError(f"wyoming_allow: {exc}") from None
+            raise ValueError(f"{key}: {exc}") from None
 
 
 def load_settings(path: Path | None, overrides: dict) -> ServerSettings:
@@ -96,6 +99,7 @@ def load_settings(path: Path | None, overrides: dict) -> ServerSettings:
             value = data[key]
             items = value.split(",") if isinstance(value, str) else value
             data[key] = tuple(str(i).strip() for i in items if str(i).strip())
-    _check_networks(data.get("wyoming_allow", ()))
+    _check_networks(data.get("wyoming_allow", ()), "wyoming_allow")
+    _check_networks(data.get("trusted_proxies", ()), "trusted_proxies")
     settings = replace(ServerSettings(), **data)
     return replace(settings, segmenter=replace(settings.segmenter, **seg))

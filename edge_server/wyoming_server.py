@@ -36,8 +36,8 @@ from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info
 from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
-from edge_server.auth import peer_ip
 from edge_server.clips import ClipError, ClipsBusy
+from edge_server.lan.auth import peer_ip
 from edge_server.wyoming_events import (
     BadEvent,
     RequestError,

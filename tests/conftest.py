@@ -22,6 +22,10 @@ os.environ.setdefault("EARSHOT_MDNS_INTERFACES", "127.0.0.1")  # never browse th
 # servers started by tests keep their token file out of the user's config dir
 os.environ.setdefault("EARSHOT_SERVER_TOKEN_FILE",
                       str(Path(tempfile.mkdtemp(prefix="earshot-token-")) / "server-token"))
+# ... and their identity (server id, TLS certificate) out of the user's data dir
+os.environ.setdefault("EARSHOT_SERVER_STATE_DIR", tempfile.mkdtemp(prefix="earshot-state-"))
+# the app's paired servers and fallback token file stay out of the user's config dir
+os.environ.setdefault("EARSHOT_CONFIG_DIR", tempfile.mkdtemp(prefix="earshot-config-"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

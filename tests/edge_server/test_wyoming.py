@@ -22,8 +22,8 @@ from wyoming.ping import Ping, Pong
 
 from edge_server.audio import read_audio
 from edge_server.config import load_settings
-from edge_server.discovery import WYOMING_SERVICE_TYPE
 from edge_server.evaluation import word_error_rate
+from edge_server.lan.discovery import WYOMING_SERVICE_TYPE
 from edge_server.wyoming_server import is_allowed, parse_networks
 from tests.conftest import DEV, dev_rows
 from tests.mdns_watch import MdnsWatch

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge_server.auth import (
+from edge_server.lan.auth import (
     default_token_file,
     load_or_create_token,
     new_token,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from edge_server.discovery import SERVICE_TYPE
+from edge_server.lan.discovery import SERVICE_TYPE
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from desktop.discovery import browse
-from edge_server.discovery import SERVICE_TYPE
+from desktop.lan.discovery import browse
+from edge_server.lan.discovery import SERVICE_TYPE
 from tests.mdns_watch import MdnsWatch
 from tests.server_harness import start_server
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from edge_server.auth import (
+from edge_server.lan.auth import (
     AuthPolicy,
     FailedAttempts,
     TokenSource,
