@@ -7,8 +7,18 @@ Contract:
   status: "recording" | "done" | "recovered") and its finals are rows in `segments`
   (dictation_id, segment number, start/end seconds, text). `(dictation_id, segment)` is unique:
   `add_segment` upserts, so a re-delivered final replaces the stored one instead of duplicating.
-- Deleting a dictation deletes its segments (ON DELETE CASCADE, foreign keys on); FTS5 indexes
-  over `segments.text` and `dictations.title` are kept current by triggers.
+- Deleting a dictation deletes its segments (ON DELETE CASCADE, foreign keys on) and its audio:
+  the journal entry at `audio_path` (raw PCM, sidecar, recovery copy; `Journal.delete_audio`)
+  of the `Journal` given to `History`, by default the `journal` folder next to the history
+  file (for the default location: the app's journal). The audio goes first, so a failure
+  to delete it (OSError) leaves the dictation listed to retry. An `audio_path` that is not an
+  entry of that journal folder (tampered or foreign) is left alone, and a missing file is
+  fine. FTS5 indexes over `segments.text` and `dictations.title` are kept current by
+  triggers.
+- Privacy at rest: the database file is created with mode 0600 before SQLite opens it, and
+  any missing folder above it with mode 0700. On every open, the database and its side files
+  (`-wal`, `-shm`, `-journal`, where present) are set to 0600; SQLite itself creates those
+  side files with the database file's mode (unix VFS), so new ones are 0600 too.
 - `search()` takes raw user input: each whitespace-separated word is quoted as an FTS5 string
   (so `"`, `-`, `(`, `*`, AND/OR/NOT/NEAR are plain text) and matched as a word prefix. A
   dictation matches when every word is found in its title or in any of its segments.
@@ -24,6 +34,8 @@ second writer waits for the lock (up to sqlite3's default 5 s busy timeout).
 from __future__ import annotations
 
 import builtins
+import contextlib
+import logging
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -35,14 +47,24 @@ import platformdirs
 from sqlite_utils import Database
 from sqlite_utils.db import ForeignKey, NotFoundError
 
+from desktop.journal import (
+    PRIVATE_FILE_MODE,
+    Journal,
+    create_private_file,
+    make_private_dir,
+)
 from edge_server.formats import FORMATS, TimedText, Transcript, render
 
 SCHEMA_VERSION = 1
 STATUSES = ("recording", "done", "recovered")
 PREVIEW_CHARS = 120
 MAX_SEARCH_WORDS = 16  # words beyond this are ignored: each one adds two FTS lookups
+JOURNAL_DIRNAME = "journal"  # the default journal folder, next to the history file
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal")  # SQLite's files next to the database
 
 FinishStatus = Literal["done", "recovered"]
+
+log = logging.getLogger(__name__)
 
 
 class DictationNotFound(KeyError):
@@ -136,14 +158,36 @@ def fts_phrases(query: str) -> builtins.list[str]:
 class History:
     """The dictation history in one SQLite file. See the module docstring for the thread rule."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, journal: Journal | None = None
+    ) -> None:
+        """`journal`: where the dictations' audio lives, for `delete`; by default the
+        `journal` folder next to the history file (see the module docstring)."""
         self.path = Path(path) if path is not None else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if journal is None:
+            journal = Journal(self.path.parent / JOURNAL_DIRNAME)
+        self.journal = journal
+        make_private_dir(self.path.parent)
+        # An empty file is an empty database; SQLite keeps its mode and gives it to side files.
+        with contextlib.suppress(FileExistsError):
+            os.close(create_private_file(self.path, exclusive=True))
         self.db = Database(self.path)
         self.db.enable_wal()
         # A per-connection setting with no sqlite-utils API: needed for ON DELETE CASCADE.
         self.db.execute("PRAGMA foreign_keys = ON")
         self._create_schema()
+        self._make_private()
+
+    def _make_private(self) -> None:
+        """Set the database and its side files that exist now to 0600 (older files too)."""
+        for path in (self.path, *(Path(f"{self.path}{s}") for s in SIDE_SUFFIXES)):
+            try:
+                if path.stat().st_mode & 0o777 != PRIVATE_FILE_MODE:
+                    os.chmod(path, PRIVATE_FILE_MODE)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # e.g. another user's file: usable, but say so
+                log.warning("history: cannot make %s private (%s)", path, exc)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -266,7 +310,16 @@ class History:
         self._update(dictation_id, {"title": title})
 
     def delete(self, dictation_id: int) -> bool:
-        """Delete a dictation and its segments; False if there was no such dictation."""
+        """Delete a dictation, its segments and its journaled audio (see the module docstring);
+        False if there was no such dictation. OSError if its audio cannot be deleted (the
+        dictation is then kept)."""
+        row = self.db.execute(
+            "SELECT audio_path FROM dictations WHERE id = ?", [dictation_id]
+        ).fetchone()
+        if row is None:
+            return False
+        if row[0]:
+            self.journal.delete_audio(row[0])
         cursor = self.db.execute("DELETE FROM dictations WHERE id = ?", [dictation_id])
         return cursor.rowcount > 0
 

@@ -1,15 +1,29 @@
 """Crash-safe journal of the raw audio of each dictation, so a crash loses no speech.
 
-Layout, one pair of files per dictation in the journal folder (default
-`<user data>/earshot/journal`):
+Layout, per dictation in the journal folder (default `<user data>/earshot/journal`):
 - `<id>.pcm`: raw PCM16 little-endian, 16 kHz mono, no header, appended as audio arrives,
   flushed on every append and fsynced at most once a second. A killed process leaves a file
   that is readable up to its last flush (a torn trailing byte is ignored on read).
 - `<id>.json`: sidecar `{"id", "sample_rate": 16000, "created": ISO-8601 UTC, "status"}`,
-  always replaced atomically (temp file, fsync, os.replace), so it is old or new, never torn.
-  `status` is "recording" while a writer is open; `JournalWriter.close()` sets "done" (or
-  what the caller passes), and `Journal.unfinished()` lists the dictations still
-  "recording", i.e. those a crash interrupted.
+  always replaced atomically (temp file `.<id>.json.*.tmp`, fsync, os.replace), so it is old
+  or new, never torn. `status` is "recording" while a writer is open;
+  `JournalWriter.close()` sets "done" (or what the caller passes), and
+  `Journal.unfinished()` lists the dictations still "recording", i.e. those a crash
+  interrupted.
+- `<id>.wav`: the recovery copy, only while a crashed dictation is re-transcribed
+  (`Journal.export_recovery`). It is derived from the `.pcm`, so `mark()` to any status but
+  "recording" removes it: the re-transcription it was made for is over.
+
+Audio at rest is private: every file the journal writes (audio, sidecar, its temp file,
+recovery copy, `export_wav` output) is created with mode 0600, and every folder it creates
+(the journal folder and any missing parent) with mode 0700, without touching the process
+umask. Folders and files that already exist keep their mode.
+
+Deleting: `Journal.discard(id)` removes all of a dictation's files (audio, sidecar, recovery
+copy, leftover sidecar temp files); missing files are fine. `Journal.delete_audio(path)`
+does the same for the entry whose audio is at `path` (the `audio_path` the history stores)
+and refuses, deleting nothing, any path that is not `<valid id>.pcm` directly inside this
+journal folder: it only ever unlinks names it builds itself inside the folder.
 
 Thread rules: one `JournalWriter` per dictation, used from one thread (typically the capture
 worker's). `Journal` keeps no mutable state: its methods may be called from any thread,
@@ -44,6 +58,9 @@ STATUS_DONE = "done"
 FSYNC_INTERVAL_S = 1.0
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _EXPORT_BLOCK_BYTES = 1 << 20
+PRIVATE_FILE_MODE = 0o600  # owner read/write: every file the journal or history creates
+PRIVATE_DIR_MODE = 0o700  # owner only: every folder they create
+_O_EXTRA = getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def default_journal_dir() -> Path:
@@ -69,6 +86,50 @@ def _check_id(dictation_id: str) -> str:
             f"invalid dictation id {dictation_id!r} (letters, digits, '.', '_', '-'; at most 128)"
         )
     return dictation_id
+
+
+def make_private_dir(folder: Path | str) -> None:
+    """Create `folder` and each missing parent with mode 0700; existing folders are untouched.
+
+    (`Path.mkdir(parents=True, mode=...)` would apply the mode to the last folder only.)
+    """
+    folder = Path(folder)
+    if folder.is_dir():
+        return
+    if folder.parent != folder:
+        make_private_dir(folder.parent)
+    try:
+        folder.mkdir(mode=PRIVATE_DIR_MODE)
+    except FileExistsError:  # made meanwhile by another thread or process
+        if not folder.is_dir():
+            raise
+
+
+def create_private_file(
+    path: Path | str, *, exclusive: bool = False, truncate: bool = False
+) -> int:
+    """Open `path` for writing, creating it with mode 0600; returns the file descriptor.
+
+    `exclusive`: FileExistsError if it exists. Otherwise an existing file is kept (emptied
+    when `truncate`) and its mode set to 0600 where the platform allows (POSIX).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | _O_EXTRA
+    if exclusive:
+        flags |= os.O_EXCL
+    elif truncate:
+        flags |= os.O_TRUNC
+    fd = os.open(path, flags, PRIVATE_FILE_MODE)
+    if not exclusive and hasattr(os, "fchmod"):
+        try:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -157,7 +218,10 @@ class JournalWriter:
         finally:
             fh.close()
         if status is not None:
-            self.journal.mark(self.entry, status)
+            try:
+                self.journal.mark(self.entry, status)
+            except FileNotFoundError:  # deleted (History.delete) while it was recording
+                log.info("journal: dictation %s was deleted while recording", self.entry.id)
 
     def __enter__(self) -> JournalWriter:
         return self
@@ -185,8 +249,8 @@ class Journal:
     def open(self, dictation_id: str) -> JournalWriter:
         """Start journaling a new dictation (FileExistsError if the id is already there)."""
         pcm_path, meta_path = self._paths(dictation_id)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fh = pcm_path.open("xb")
+        make_private_dir(self.folder)
+        fh = os.fdopen(create_private_file(pcm_path, exclusive=True), "wb")
         try:
             created = datetime.now(UTC).isoformat(timespec="milliseconds")
             meta = {
@@ -246,23 +310,43 @@ class Journal:
         """Seconds of audio on disk."""
         return self._entry(entry).pcm_path.stat().st_size // 2 / SAMPLE_RATE
 
+    def recovery_path(self, entry_or_id: JournalEntry | str) -> Path:
+        """Where `export_recovery` puts the dictation's WAV: `<journal folder>/<id>.wav`."""
+        dictation_id = entry_or_id.id if isinstance(entry_or_id, JournalEntry) else entry_or_id
+        return self.folder / f"{_check_id(dictation_id)}.wav"
+
+    def export_recovery(self, entry: JournalEntry | str) -> Path:
+        """Export the dictation as its recovery copy (`recovery_path`) for re-transcription.
+
+        The copy sits next to the entry, so `discard`/`delete_audio` remove it with the entry;
+        `mark()` to a status other than "recording" removes it once re-transcription is over.
+        """
+        return self.export_wav(entry, self.recovery_path(entry))
+
     def export_wav(self, entry: JournalEntry | str, path: Path | str) -> Path:
-        """Write the dictation as a 16 kHz mono PCM16 WAV file (streamed, bounded memory)."""
+        """Write the dictation as a 16 kHz mono PCM16 WAV file, mode 0600 (streamed, bounded
+        memory)."""
         src = self._entry(entry).pcm_path
         path = Path(path)
-        with src.open("rb") as fh, sf.SoundFile(
-            str(path), "w", samplerate=SAMPLE_RATE, channels=1, subtype="PCM_16", format="WAV"
-        ) as out:
-            carry = b""
-            while block := fh.read(_EXPORT_BLOCK_BYTES):
-                block = carry + block
-                even = len(block) - len(block) % 2
-                carry = block[even:]
-                out.write(np.frombuffer(block[:even], dtype="<i2"))
+        with src.open("rb") as fh:  # FileNotFoundError before anything is created
+            os.close(create_private_file(path, truncate=True))  # sf keeps the mode
+            with sf.SoundFile(
+                str(path), "w", samplerate=SAMPLE_RATE, channels=1, subtype="PCM_16",
+                format="WAV",
+            ) as out:
+                carry = b""
+                while block := fh.read(_EXPORT_BLOCK_BYTES):
+                    block = carry + block
+                    even = len(block) - len(block) % 2
+                    carry = block[even:]
+                    out.write(np.frombuffer(block[:even], dtype="<i2"))
         return path
 
     def mark(self, entry_or_id: JournalEntry | str, status: str) -> None:
-        """Set the dictation's status (e.g. "done", "recovered"); rebuilds a lost sidecar."""
+        """Set the dictation's status (e.g. "done", "recovered"); rebuilds a lost sidecar.
+
+        Any status but "recording" also removes the recovery copy, if there is one.
+        """
         if not status:
             raise ValueError("status must be a non-empty string")
         entry = self._entry(entry_or_id)
@@ -278,9 +362,40 @@ class Journal:
             }
         meta["status"] = status
         _write_json_atomic(entry.meta_path, meta)
+        if status != STATUS_RECORDING:
+            try:
+                self.recovery_path(entry).unlink(missing_ok=True)
+            except OSError as exc:  # e.g. still open elsewhere on Windows: delete removes it
+                log.warning("journal: cannot remove the recovery copy of %s (%s)", entry.id, exc)
 
     def discard(self, entry_or_id: JournalEntry | str) -> None:
-        """Delete the dictation's audio and sidecar (missing files are fine)."""
-        entry = self._entry(entry_or_id)
-        entry.pcm_path.unlink(missing_ok=True)
-        entry.meta_path.unlink(missing_ok=True)
+        """Delete all of the dictation's files: audio, sidecar, recovery copy and leftover
+        sidecar temp files (missing files are fine; other OSErrors are raised)."""
+        dictation_id = entry_or_id.id if isinstance(entry_or_id, JournalEntry) else entry_or_id
+        pcm_path, meta_path = self._paths(dictation_id)  # always inside this folder
+        pcm_path.unlink(missing_ok=True)
+        meta_path.unlink(missing_ok=True)
+        self.recovery_path(dictation_id).unlink(missing_ok=True)
+        if self.folder.is_dir():  # an id holds no glob character (_ID_RE)
+            for tmp in self.folder.glob(f".{dictation_id}.json.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    def delete_audio(self, audio_path: str | os.PathLike[str]) -> bool:
+        """Delete the journal entry whose audio is at `audio_path` (see `discard`).
+
+        Returns False, deleting nothing, when `audio_path` is not `<id>.pcm` (a valid id)
+        directly inside this journal's folder, e.g. a tampered or foreign history row. The
+        files deleted are always named from the id inside the folder, never from the path.
+        """
+        path = Path(audio_path)
+        dictation_id = path.stem
+        if (
+            path.suffix != ".pcm"
+            or not _ID_RE.fullmatch(dictation_id)
+            or not _same_folder(path.parent, self.folder)
+        ):
+            log.warning("journal: not deleting %s: it is not audio of the journal in %s",
+                        path, self.folder)
+            return False
+        self.discard(dictation_id)
+        return True

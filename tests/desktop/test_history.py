@@ -1,4 +1,5 @@
-"""Dictation history store: real SQLite files in tmp_path, no mocks of SQLite."""
+"""Dictation history store: real SQLite files in tmp_path, no mocks of SQLite; deleting a
+dictation deletes its journaled audio (a real Journal in tmp_path); owner-only file modes."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import srt
 import webvtt
 
 from desktop import history as history_mod
 from desktop.history import DictationNotFound, History, fts_phrases
+from desktop.journal import Journal
 from edge_server.formats import Transcript
+from tests.file_modes import mode, posix_only
 
 T0 = datetime(2026, 11, 22, 14, 3, tzinfo=UTC)
 
@@ -503,3 +507,144 @@ def test_default_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         h.start_dictation()
     assert calls[0] == ("earshot", False)
     assert (tmp_path / "data" / "earshot" / "history.db").is_file()
+
+
+# -- audio at rest: file modes, deleting the audio ---------------------------------------------
+
+
+
+
+
+@posix_only
+def test_database_and_side_files_are_owner_only(tmp_path: Path, umask_022) -> None:
+    path = tmp_path / "data" / "earshot" / "history.db"
+    with History(path) as writer, History(path) as reader:
+        did = writer.start_dictation("private")
+        writer.add_segment(did, 0, 0.0, 1.0, "words at rest")
+        assert reader.get(did).text == "words at rest"
+        side = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+        assert all(p.exists() for p in side)  # WAL mode, connections open
+        for p in (path, *side):
+            assert mode(p) == 0o600, p
+    assert mode(path) == 0o600
+    for created in (path.parent, path.parent.parent):
+        assert mode(created) == 0o700, created
+
+
+@posix_only
+def test_database_file_is_private_before_sqlite_opens_it(
+    tmp_path: Path, umask_022, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = []
+    real_database = history_mod.Database
+
+    def database(path, *args, **kwargs):  # the real sqlite-utils Database, watched
+        seen.append(mode(Path(path)))
+        return real_database(path, *args, **kwargs)
+
+    monkeypatch.setattr(history_mod, "Database", database)
+    History(tmp_path / "history.db").close()
+    assert seen == [0o600]  # never world-readable, not even for a moment
+
+
+@posix_only
+def test_rollback_journal_is_owner_only_too(tmp_path: Path, umask_022) -> None:
+    path = tmp_path / "history.db"
+    History(path).close()
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:  # a plain connection that leaves WAL mode uses a -journal file
+        raw.execute("PRAGMA journal_mode = DELETE")
+        raw.execute("PRAGMA journal_mode = PERSIST")  # keep the -journal file after commit
+        raw.execute("INSERT INTO dictations (title, created) VALUES ('x', '2026-01-01')")
+    finally:
+        raw.close()
+    assert mode(Path(f"{path}-journal")) == 0o600
+
+
+@posix_only
+def test_an_older_world_readable_history_is_made_private(tmp_path: Path, umask_022) -> None:
+    path = tmp_path / "history.db"
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA journal_mode = WAL")
+    raw.execute("CREATE TABLE t (x)")  # raw stays open: -wal and -shm stay
+    assert mode(path) == mode(Path(f"{path}-wal")) == 0o644
+    try:
+        with History(path):
+            for suffix in ("", "-wal", "-shm"):
+                assert mode(Path(f"{path}{suffix}")) == 0o600, suffix
+    finally:
+        raw.close()
+
+
+def journaled(journal: Journal, name: str, seconds: float = 0.5) -> Path:
+    """A finished journal entry with a recovery copy, as a crashed-then-recovered one has."""
+    with journal.open(name) as writer:
+        writer.append(np.zeros(int(16000 * seconds), np.float32))
+    journal.mark(name, "recording")
+    journal.export_recovery(name)
+    return writer.entry.pcm_path
+
+
+def test_delete_removes_the_dictations_audio(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "audio")
+    with History(tmp_path / "history.db", journal=journal) as h:
+        gone, kept = (journaled(journal, name) for name in ("gone", "kept"))
+        did = h.start_dictation("gone", audio_path=gone)
+        other = h.start_dictation("kept", audio_path=kept)
+        assert h.delete(did) is True
+        assert sorted(p.name for p in journal.folder.iterdir()) == [
+            "kept.json", "kept.pcm", "kept.wav"
+        ]
+        assert h.get(other).audio_path == str(kept)
+        assert h.delete(did) is False
+
+
+def test_the_default_journal_is_the_folder_next_to_the_history(db_path: Path) -> None:
+    journal = Journal(db_path.parent / "journal")  # where the app and the window tests keep it
+    pcm = journaled(journal, "d")
+    with History(db_path) as h:
+        assert h.journal.folder == journal.folder
+        assert h.delete(h.start_dictation(audio_path=pcm))
+    assert list(journal.folder.iterdir()) == []
+
+
+def test_delete_with_audio_already_gone_or_none(hist: History, tmp_path: Path) -> None:
+    missing = hist.start_dictation(audio_path=tmp_path / "journal" / "never.pcm")
+    silent = hist.start_dictation()
+    assert hist.delete(missing) and hist.delete(silent)
+    assert hist.list() == []
+
+
+def test_delete_leaves_a_tampered_audio_path_alone(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal")
+    own = journaled(journal, "own")
+    outside = tmp_path / "documents"
+    outside.mkdir()
+    victims = [outside / "own.pcm", outside / "own.json", outside / "own.wav",
+               outside / "thesis.txt"]
+    for victim in victims:
+        victim.write_bytes(b"precious")
+    with History(tmp_path / "history.db", journal=journal) as h:
+        for path in (outside / "own.pcm", journal.folder / ".." / "documents" / "own.pcm",
+                     outside / "thesis.txt"):
+            did = h.start_dictation(audio_path=path)
+            # or changed behind the app's back, straight in the file
+            h.db.execute("UPDATE dictations SET audio_path = ? WHERE id = ?", [str(path), did])
+            assert h.delete(did) is True  # the dictation goes ...
+        assert all(v.read_bytes() == b"precious" for v in victims)  # ... the files stay
+        assert own.exists()
+
+
+@posix_only
+def test_audio_that_cannot_be_deleted_keeps_the_dictation(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal")
+    with History(tmp_path / "history.db", journal=journal) as h:
+        stuck = journal.folder / "stuck.pcm"
+        (stuck / "inside").mkdir(parents=True)  # unlink() fails on a folder, even for root
+        did = h.start_dictation("stuck", audio_path=stuck)
+        with pytest.raises(OSError):
+            h.delete(did)
+        assert h.get(did).title == "stuck"  # still listed: the user can try again
+        (stuck / "inside").rmdir()
+        stuck.rmdir()
+        assert h.delete(did)

@@ -1,5 +1,5 @@
 """The dictation journal on a real folder with real speech: writing, crash recovery,
-tolerance of damaged files, export and removal."""
+tolerance of damaged files, export and removal, owner-only file modes."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import soundfile as sf
 from desktop.journal import Journal, JournalEntry, default_journal_dir
 from edge_server.audio import SAMPLE_RATE, float_to_pcm16, pcm16_to_float, read_audio
 from tests.conftest import DEV
+from tests.file_modes import mode, posix_only
 
 SPEECH = read_audio(DEV / "sherpa-test-wavs" / "0.wav")
 
@@ -27,6 +28,8 @@ def round_trip(samples: np.ndarray) -> np.ndarray:
 def write_chunks(writer, samples: np.ndarray, size: int = 1600) -> None:
     for i in range(0, len(samples), size):
         writer.append(samples[i : i + size])
+
+
 
 
 def sidecar(journal: Journal, dictation_id: str) -> dict:
@@ -178,3 +181,125 @@ def test_ids_are_checked_and_never_reused(tmp_path):
 
 def test_missing_folder_lists_nothing(tmp_path):
     assert Journal(tmp_path / "absent").unfinished() == []
+
+
+# -- audio at rest -------------------------------------------------------------------------
+
+
+
+@posix_only
+def test_files_are_owner_only_and_created_folders_0700(tmp_path, umask_022):
+    folder = tmp_path / "data" / "earshot" / "journal"
+    journal = Journal(folder)
+    writer = journal.open("private")
+    write_chunks(writer, SPEECH[:16000])
+    assert mode(folder / "private.pcm") == 0o600
+    assert mode(folder / "private.json") == 0o600
+    writer.close()  # rewrites the sidecar through a temp file
+    assert mode(folder / "private.pcm") == 0o600
+    assert mode(folder / "private.json") == 0o600
+    for created in (folder, folder.parent, folder.parent.parent):
+        assert mode(created) == 0o700, created
+    journal.mark("private", "recording")
+    assert mode(journal.export_recovery("private")) == 0o600
+    shared = tmp_path / "shared.wav"
+    shared.write_bytes(b"")
+    assert mode(shared) == 0o644
+    assert mode(journal.export_wav("private", shared)) == 0o600  # an existing file too
+    assert sf.info(str(shared)).frames == 16000
+
+
+@posix_only
+def test_existing_folder_keeps_its_mode(tmp_path, umask_022):
+    (tmp_path / "shared").mkdir(mode=0o755)
+    Journal(tmp_path / "shared").open("x").close()
+    assert mode(tmp_path / "shared") == 0o755
+    assert mode(tmp_path / "shared" / "x.pcm") == 0o600
+
+
+def test_recovery_copy_sits_next_to_the_entry_until_marked(tmp_path):
+    journal = Journal(tmp_path)
+    writer = journal.open("crashed")
+    write_chunks(writer, SPEECH[:32000])
+    entry = journal.unfinished()[0]
+    wav = journal.export_recovery(entry)
+    assert wav == journal.recovery_path("crashed") == tmp_path / "crashed.wav"
+    np.testing.assert_array_equal(sf.read(str(wav), dtype="float32")[0], journal.read(entry))
+    assert [e.id for e in journal.entries()] == ["crashed"]  # the copy is not an entry
+    journal.mark(entry, "recording")
+    assert wav.exists()
+    journal.mark(entry, "recovered")  # re-transcribed: the copy's job is done
+    assert not wav.exists()
+    assert journal.read(entry).size == 32000  # the journaled audio itself stays
+    writer.close()
+
+
+def test_discard_removes_every_file_of_the_dictation_only(tmp_path):
+    journal = Journal(tmp_path)
+    for name in ("gone", "kept"):
+        with journal.open(name) as writer:
+            writer.append(SPEECH[:1600])
+        journal.export_recovery(name)
+        (tmp_path / f".{name}.json.abc123.tmp").write_text("{")  # left by a crash mid-write
+    journal.discard("gone")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".kept.json.abc123.tmp", "kept.json", "kept.pcm", "kept.wav"
+    ]
+    journal.discard("gone")  # nothing left: fine
+
+
+def test_delete_audio_by_the_path_history_stores(tmp_path):
+    journal = Journal(tmp_path / "journal")
+    with journal.open("d1") as writer:
+        writer.append(SPEECH[:1600])
+    journal.export_recovery("d1")
+    journal.mark("d1", "recording")
+    assert journal.delete_audio(str(tmp_path / "journal" / "." / "d1.pcm"))
+    assert list((tmp_path / "journal").iterdir()) == []
+    assert journal.delete_audio(tmp_path / "journal" / "d1.pcm")  # already gone: fine
+
+
+def test_delete_audio_refuses_paths_outside_the_journal(tmp_path, caplog):
+    journal = Journal(tmp_path / "journal")
+    journal.open("mine").close()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    victims = [outside / "mine.pcm", outside / "mine.json", outside / "mine.wav",
+               tmp_path / "notes.txt", tmp_path / "journal" / "mine.json"]
+    for victim in victims[:-1]:
+        victim.write_bytes(b"precious")
+    tampered = [
+        outside / "mine.pcm",  # same name, other folder
+        tmp_path / "journal" / ".." / "elsewhere" / "mine.pcm",  # climbs out
+        tmp_path / "journal" / ".." / "notes.txt",
+        tmp_path / "journal" / "mine.json",  # inside, but not an audio path
+        tmp_path / "journal" / "..pcm",  # not a valid id
+        "/etc/passwd",
+        "",
+    ]
+    with caplog.at_level(logging.WARNING, logger="desktop.journal"):
+        for path in tampered:
+            assert journal.delete_audio(path) is False, path
+    assert "not deleting" in caplog.text
+    for victim in victims:
+        assert victim.exists(), victim
+    assert (tmp_path / "journal" / "mine.pcm").exists()
+
+
+@posix_only
+def test_delete_audio_through_a_symlinked_journal_folder(tmp_path):
+    real = tmp_path / "real"
+    Journal(real).open("d").close()
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    assert Journal(tmp_path / "link").delete_audio(real / "d.pcm")
+    assert list(real.iterdir()) == []
+
+
+def test_writer_of_a_dictation_deleted_while_recording_closes_quietly(tmp_path):
+    journal = Journal(tmp_path)
+    writer = journal.open("deleted")
+    writer.append(SPEECH[:1600])
+    journal.discard("deleted")
+    writer.append(SPEECH[:1600])
+    writer.close()  # no FileNotFoundError, and nothing is brought back
+    assert list(tmp_path.iterdir()) == []

@@ -6,12 +6,14 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import srt
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QFileDialog, QInputDialog, QMessageBox
 
 from desktop.history import DictationNotFound, History
+from desktop.journal import Journal
 from desktop.widgets._format import local_time
 from desktop.widgets.history_pane import (
     EMPTY_TEXT,
@@ -218,6 +220,18 @@ def test_delete_asks_first(qtbot, monkeypatch, make_pane, hist, three) -> None:
     with pytest.raises(DictationNotFound):
         hist.get(meeting)
     assert shown == ["Delete “Meeting notes”? This cannot be undone."] * 2
+
+
+def test_delete_selected_deletes_the_journaled_audio(make_pane, hist: History) -> None:
+    journal = Journal(hist.path.parent / "journal")  # the history's default journal
+    with journal.open("spoken") as writer:
+        writer.append(np.zeros(1600, np.float32))
+    did = hist.start_dictation("Spoken", audio_path=writer.entry.pcm_path)
+    pane = make_pane()
+    pane.select(did)
+    assert pane.delete_selected(confirm=False)
+    assert pane.ids() == []
+    assert list(journal.folder.iterdir()) == []
 
 
 @pytest.mark.parametrize("fmt", ["txt", "srt", "vtt", "json"])
