@@ -31,6 +31,7 @@ from edge_server.uploads import UploadError, UploadTooLarge, read_form
 
 if TYPE_CHECKING:
     from edge_server.app import EdgeServer
+    from edge_server.lan.client_address import ClientAddress
 
 log = logging.getLogger(__name__)
 MODEL_ALIASES = ("whisper-1",)
@@ -74,11 +75,15 @@ class OpenAiApi:
         return {"id": self.model_id, "object": "model", "created": int(self.server.started_wall),
                 "owned_by": "earshot"}
 
-    def _authorize(self, request: web.Request) -> None:
-        peer = request.remote or "?"
+    def _client(self, request: web.Request) -> ClientAddress:
+        """The client (behind a trusted proxy: the one it names) for auth, lockout and logs."""
+        return self.server.auth.client(request.remote, request.headers)
+
+    def _authorize(self, request: web.Request, client: ClientAddress | None = None) -> None:
+        client = client or self._client(request)
         header = request.headers.get("Authorization", "")
         presented = header[7:].strip() if header[:7].lower() == "bearer " else None
-        decision = self.server.auth.check(peer, presented)
+        decision = self.server.auth.check(client.address, presented, verified=client.verified)
         if decision.locked_out:
             raise ApiError(429, decision.reason, "rate_limit_error", code="rate_limit_exceeded",
                            retry_after=decision.retry_after)
@@ -120,8 +125,9 @@ class OpenAiApi:
         started = time.monotonic()
         self.server.stats["api_requests"] += 1
         form = None
+        client = self._client(request)
         try:
-            self._authorize(request)
+            self._authorize(request, client)
             self._check_ready()
             settings = self.server.settings
             limit = int(settings.max_upload_mb * 1_000_000)
@@ -135,7 +141,7 @@ class OpenAiApi:
             transcript = await self._transcribe(request, form)
         except ApiError as exc:
             self.server.stats["api_errors"] += 1
-            log.info("transcription request from %s refused: %s", request.remote,
+            log.info("transcription request from %s refused: %s", client,
                      exc.body["error"]["message"])
             return exc.response()
         finally:
@@ -144,7 +150,7 @@ class OpenAiApi:
         content_type, body = render_response(transcript, options["response_format"],
                                              options["language"])
         log.info("transcribed %.1f s of audio for %s in %.2f s", transcript.duration,
-                 request.remote, time.monotonic() - started)
+                 client, time.monotonic() - started)
         if isinstance(body, dict):
             return web.json_response(body)
         return web.Response(text=body, content_type=content_type, charset="utf-8")

@@ -32,6 +32,7 @@ from edge_server.protocol import (
 
 if TYPE_CHECKING:
     from edge_server.app import EdgeServer
+    from edge_server.lan.client_address import ClientAddress
     from edge_server.sessions import Session
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ def _refuse(status: int, code: ErrorCode, message: str, retry_after: int) -> web
 async def stream_handler(request: web.Request) -> web.StreamResponse:
     server: EdgeServer = request.app[SERVER_KEY]
     settings = server.settings
-    peer = request.remote or "?"
+    client = server.auth.client(request.remote, request.headers)
+    peer = client.address  # behind a trusted proxy: its client (lockout, per-address limit)
     if (locked := server.auth.lockout(peer)) is not None:
         server.stats["auth_lockouts"] += 1
         return _refuse(429, ErrorCode.RATE_LIMITED, locked.reason, math.ceil(locked.retry_after))
@@ -100,17 +102,17 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     server.connections_per_ip[peer] = server.connections_per_ip.get(peer, 0) + 1
-    conn = WsConnection(ws, peer)
+    conn = WsConnection(ws, str(client))
     session: Session | None = None
     try:
         hello = await _receive_hello(ws, settings.handshake_timeout_s)
         if bypass is not None and (not hello.resume or hello.session != bypass):
             raise ProtocolError(ErrorCode.OVERLOADED,
                                 "the ?session= query must name the session being resumed")
-        session = _open_session(server, hello, conn, peer)
+        session = _open_session(server, hello, conn, client)
         await _serve(server, session, conn, ws, hello)
     except ProtocolError as exc:
-        log.info("closing %s: %s (%s)", peer, exc.message, exc.code)
+        log.info("closing %s: %s (%s)", client, exc.message, exc.code)
         server.stats["protocol_errors"] += 1
         conn.send(error_message(exc.code, exc.message))
         conn.close(exc.close_code, exc.message)
@@ -119,7 +121,7 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
             server.registry.discard(session)  # a broken stream is not resumable
             session = None
     except Exception:
-        log.exception("internal error on a stream from %s", peer)
+        log.exception("internal error on a stream from %s", client)
         conn.send(error_message(ErrorCode.INTERNAL, "internal server error"))
         conn.close(4500, "internal error")
     finally:
@@ -145,8 +147,9 @@ async def _receive_hello(ws: web.WebSocketResponse, timeout: float) -> Hello:
     return parse_hello(parse_json(msg.data))
 
 
-def _open_session(server: EdgeServer, hello: Hello, conn: WsConnection, peer: str) -> Session:
-    decision = server.auth.check(peer, hello.token)
+def _open_session(server: EdgeServer, hello: Hello, conn: WsConnection,
+                  client: ClientAddress) -> Session:
+    decision = server.auth.check(client.address, hello.token, verified=client.verified)
     if not decision.allowed:
         server.stats["auth_failures"] += 1
         code = ErrorCode.RATE_LIMITED if decision.locked_out else ErrorCode.UNAUTHORIZED

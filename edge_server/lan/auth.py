@@ -3,6 +3,9 @@
 Modes (`ServerSettings.auth`):
 - `remote` (default): clients on other hosts must present the token; loopback clients
   (127.0.0.0/8, ::1) are trusted whatever they present, so local tools need no setup.
+  Only a direct connection counts as loopback: a request with forwarding headers came
+  through a proxy and needs the token, unless the peer is one of `trusted_proxies`, whose
+  word on the client's address is taken (see `client_address`).
 - `all`: every client must present the token (the desktop app's embedded server).
 - `none`: no token at all (an isolated lab network; the server logs a warning).
 The token is `--token` when given, else the contents of the token file (created on first
@@ -17,16 +20,23 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import logging
 import os
 import secrets
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+
+from edge_server.lan.client_address import (
+    ClientAddress,
+    client_address,
+    parse_networks,
+    peer_ip,
+)
 
 log = logging.getLogger(__name__)
 AUTH_MODES = ("remote", "all", "none")
@@ -67,19 +77,6 @@ def load_or_create_token(path: Path) -> str:
         write_token(path, new_token())
         log.info("created a server token in %s (show it with `earshot-server token`)", path)
     return read_token(path)
-
-
-def peer_ip(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """A peer's address parsed (IPv4-mapped IPv6 as IPv4, zone dropped); None if unparsable."""
-    if not address:
-        return None
-    try:
-        ip = ipaddress.ip_address(address.split("%")[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def is_loopback(address: str | None) -> bool:
@@ -173,12 +170,14 @@ class AuthDecision:
 
 
 class AuthPolicy:
-    def __init__(self, mode: str, tokens: TokenSource, attempts: FailedAttempts) -> None:
+    def __init__(self, mode: str, tokens: TokenSource, attempts: FailedAttempts,
+                 trusted_proxies: Iterable[str] = ()) -> None:
         if mode not in AUTH_MODES:
             raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {mode!r}")
         self.mode = mode
         self.tokens = tokens
         self.attempts = attempts
+        self.trusted_proxies = parse_networks(trusted_proxies)
         if mode == "none":
             log.warning("auth = none: anyone who can reach this server may transcribe")
 
@@ -195,11 +194,20 @@ class AuthPolicy:
                                 left)
         return None
 
-    def check(self, peer: str, presented: str | None) -> AuthDecision:
-        """Decide for one attempt and record its outcome."""
+    def client(self, peer: str | None, headers: Mapping[str, str]) -> ClientAddress:
+        """Who sent an HTTP request from `peer` (`request.remote`) with `headers`: pass its
+        `address` to `lockout`/`check` (with `verified=`), and use it for limits and logs."""
+        return client_address(peer, headers, self.trusted_proxies)
+
+    def check(self, peer: str, presented: str | None, *, verified: bool = True) -> AuthDecision:
+        """Decide for one attempt from `peer` (the client's address) and record its outcome.
+
+        `verified=False` (a proxied request whose client is not vouched for by a trusted
+        proxy): no loopback exemption, whatever `peer` is.
+        """
         if (locked := self.lockout(peer)) is not None:
             return locked
-        if self.mode == "none" or (self.mode == "remote" and is_loopback(peer)):
+        if self.mode == "none" or (self.mode == "remote" and verified and is_loopback(peer)):
             return AuthDecision(True)
         expected = self.tokens.current() or ""
         if presented and expected and hmac.compare_digest(presented.encode(), expected.encode()):

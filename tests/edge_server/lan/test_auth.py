@@ -97,3 +97,38 @@ def test_tracked_addresses_are_bounded():
     for i in range(1000):
         attempts.record_failure(f"10.0.{i // 250}.{i % 250}")
     assert len(attempts._failures) == 100
+
+
+def test_an_unverified_loopback_address_needs_the_token_and_is_counted():
+    p = policy("remote", failures=3)
+    for _ in range(3):
+        assert not p.check("127.0.0.1", None, verified=False).allowed
+    assert p.check("127.0.0.1", None).locked_out  # the failures were counted against it
+    assert p.check("::1", "s3cret", verified=False).allowed
+    assert policy("none").check("127.0.0.1", None, verified=False).allowed
+
+
+def test_behind_a_trusted_proxy_the_client_is_checked_and_locked_out_not_the_proxy():
+    p = AuthPolicy("remote", TokenSource("s3cret", None), FailedAttempts(3, 60.0, 60.0),
+                   trusted_proxies=("127.0.0.1",))
+    proxied = p.client("127.0.0.1", {"X-Forwarded-For": "203.0.113.7"})
+    assert (proxied.address, proxied.verified) == ("203.0.113.7", True)
+    for _ in range(3):
+        assert not p.check(proxied.address, None, verified=proxied.verified).allowed
+    assert p.check(proxied.address, "s3cret", verified=proxied.verified).locked_out
+    direct = p.client("127.0.0.1", {})
+    assert p.check(direct.address, None, verified=direct.verified).allowed
+    local = p.client("127.0.0.1", {"X-Forwarded-For": "127.0.0.1"})  # a local client, proxied
+    assert p.check(local.address, None, verified=local.verified).allowed
+    garbled = p.client("127.0.0.1", {"X-Forwarded-For": "::1 oops"})
+    assert not p.check(garbled.address, None, verified=garbled.verified).allowed
+
+
+def test_without_trusted_proxies_forwarding_headers_only_cost_the_loopback_exemption():
+    p = policy("remote", failures=3)
+    spoof = p.client("127.0.0.1", {"X-Forwarded-For": "203.0.113.7"})
+    assert (spoof.address, spoof.verified) == ("127.0.0.1", False)
+    assert not p.check(spoof.address, None, verified=spoof.verified).allowed
+    with pytest.raises(ValueError):
+        AuthPolicy("remote", TokenSource("s3cret", None), FailedAttempts(),
+                   trusted_proxies=("not-a-network",))
