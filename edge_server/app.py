@@ -22,6 +22,7 @@ from aiohttp import web
 from edge_server.clips import ClipTranscriber
 from edge_server.config import ServerSettings
 from edge_server.lan.auth import AuthPolicy, FailedAttempts, TokenSource, default_token_file
+from edge_server.lan.pairing import add_pairing_routes
 from edge_server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edge_server.metrics import ServerMetrics
 from edge_server.openai_api import add_openai_routes
@@ -34,6 +35,7 @@ from edge_server.workers import WorkerConfig, WorkerPool
 from edge_server.ws_handler import SERVER_KEY, stream_handler
 
 if TYPE_CHECKING:
+    from edge_server.lan.identity import ServerIdentity
     from edge_server.wyoming_server import WyomingServer
 
 log = logging.getLogger(__name__)
@@ -47,13 +49,20 @@ def _auth_policy(settings: ServerSettings) -> AuthPolicy:
         path = Path(settings.token_file) if settings.token_file else default_token_file()
     return AuthPolicy(settings.auth, TokenSource(settings.token, path),
                       FailedAttempts(settings.max_auth_failures, settings.auth_window_s,
-                                     settings.auth_lockout_s))
+                                     settings.auth_lockout_s),
+                      trusted_proxies=settings.trusted_proxies)
 
 
 class EdgeServer:
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, identity: ServerIdentity | None = None,
+                 tls_fingerprint: str = "") -> None:
+        """`identity`: the persistent id (None: a random one, as for the app's embedded
+        server); `tls_fingerprint`: SHA-256 of the certificate served ("" without TLS)."""
         self.settings = settings
-        self.server_id = uuid.uuid4().hex[:12]
+        self.identity = identity
+        self.server_id = identity.server_id if identity else uuid.uuid4().hex[:16]
+        self.tls_fingerprint = tls_fingerprint
+        self.bind_host = settings.host  # the CLI sets what it really bound
         self.pool = WorkerPool(WorkerConfig(
             model_id=settings.model, device=settings.device, threads=settings.threads,
             workers=settings.workers, noop=settings.noop_engine))
@@ -117,7 +126,8 @@ class EdgeServer:
                 "device": info.get("device") or self.settings.device,
                 "capacity": str(free),
                 "token": "required" if self.auth.token_required else "none",
-                "tls": "1" if self.settings.tls_cert else "0",
+                "auth": self.settings.auth,
+                "tls": "1" if self.tls_fingerprint else "0", "fp": self.tls_fingerprint,
                 "name": self.advertised_name}
 
     @property
@@ -133,18 +143,28 @@ class EdgeServer:
 
     async def start_advertising(self, port: int) -> None:
         """Announce the server on the LAN once a worker is ready (a loading box is no help)."""
-        from edge_server.lan.discovery import WYOMING_SERVICE_TYPE, Advertiser
+        from edge_server.lan.discovery import (
+            WYOMING_SERVICE_TYPE,
+            Advertiser,
+            advertised_addresses,
+        )
 
+        interfaces = list(self.settings.mdns_interfaces) if self.settings.mdns_interfaces else None
+        addresses = advertised_addresses(self.bind_host, interfaces)
+        if not addresses:
+            log.info("not advertising on the LAN: bound to %s, which no other host can reach "
+                     "(start with --host 0.0.0.0 to serve the LAN)", self.bind_host)
+            return
         while not self.pool.ready_count and not self.startup_error and not self.draining:
             await asyncio.sleep(0.05)
         if self.startup_error or self.draining:
             return
-        interfaces = list(self.settings.mdns_interfaces) if self.settings.mdns_interfaces else None
         extra = None  # Home Assistant keys a Wyoming box by its name: no random suffix
         if self.wyoming is not None:
             extra = [(WYOMING_SERVICE_TYPE, self.advertised_name, self.wyoming.port)]
         self.advertiser = Advertiser(f"{self.advertised_name}-{self.server_id[:6]}", port,
-                                     interfaces, self.txt_record, extra=extra)
+                                     interfaces, self.txt_record, extra=extra,
+                                     addresses=addresses)
         try:
             await self.advertiser.start()
         except OSError as exc:
@@ -153,7 +173,8 @@ class EdgeServer:
 
     def describe(self) -> dict:
         info = self.pool.info
-        return {"id": self.server_id, "model": info.get("model"),
+        return {"id": self.server_id, "fingerprint": self.tls_fingerprint,
+                "model": info.get("model"),
                 "device": info.get("device"), "provider": info.get("provider"),
                 "workers": self.settings.workers}
 
@@ -165,6 +186,7 @@ class EdgeServer:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics_page)
         add_openai_routes(app, self)
+        add_pairing_routes(app, self)
         from edge_server.dashboard import add_dashboard_routes
 
         add_dashboard_routes(app, self)  # open without a token: read-only operational data

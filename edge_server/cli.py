@@ -1,5 +1,9 @@
 """`earshot-server`: the edge server (headless: needs no Qt and no PortAudio).
 
+Off the loopback (e.g. `--host 0.0.0.0`) it serves https/wss with its identity
+certificate (plain http/ws only from this machine) and advertises itself over mDNS;
+`earshot-server token` and `earshot-server identity` show what clients need to pair.
+
 Starts the HTTP/WebSocket server, loads the engine in worker processes, and prints
 `earshot-server listening on http://HOST:PORT` once the socket is bound. SIGTERM or
 SIGINT drains: new sessions are refused, open segments are finished and their finals
@@ -22,7 +26,13 @@ from aiohttp import web
 from edge_server.background import spawn
 from edge_server.config import ServerSettings, load_settings
 from edge_server.engine.runtime import DEVICES
-from edge_server.lan.auth import AUTH_MODES
+from edge_server.lan.auth import AUTH_MODES, is_loopback
+from edge_server.lan.identity import (
+    ServerIdentity,
+    certificate_fingerprint,
+    load_or_create_identity,
+)
+from edge_server.lan.tls_site import LanSite
 
 if TYPE_CHECKING:
     from edge_server.app import EdgeServer
@@ -78,18 +88,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
+def serves_lan(settings: ServerSettings) -> bool:
+    """Whether the bind address is reachable from other hosts (anything but loopback)."""
+    return settings.host not in ("localhost",) and not is_loopback(settings.host)
+
+
+def tls_files(settings: ServerSettings, identity: ServerIdentity | None) -> tuple[str, str] | None:
+    """(certificate, key) to serve: the admin's, else the identity's off the loopback, else
+    None (plain http/ws). Raises ValueError when only one of the pair is given."""
+    if settings.tls_cert or settings.tls_key:
+        if not (settings.tls_cert and settings.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        return settings.tls_cert, settings.tls_key
+    if identity is not None and serves_lan(settings):
+        return str(identity.cert_path), str(identity.key_path)
+    return None
+
+
+def tls_context(files: tuple[str, str] | None) -> ssl.SSLContext | None:
     """The server's TLS context, or None for plain http/ws. Raises ValueError when unusable."""
-    if not settings.tls_cert and not settings.tls_key:
+    if files is None:
         return None
-    if not (settings.tls_cert and settings.tls_key):
-        raise ValueError("--tls-cert and --tls-key go together")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        context.load_cert_chain(*files)
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"cannot use TLS certificate {settings.tls_cert}: {exc}") from None
+        raise ValueError(f"cannot use TLS certificate {files[0]}: {exc}") from None
     return context
+
+
+def served_fingerprint(files: tuple[str, str] | None) -> str:
+    if files is None:
+        return ""
+    try:
+        return certificate_fingerprint(Path(files[0]).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read TLS certificate {files[0]}: {exc}") from None
 
 
 async def start_wyoming(server: EdgeServer) -> None:
@@ -101,18 +135,38 @@ async def start_wyoming(server: EdgeServer) -> None:
     print(f"earshot-server wyoming on {server.wyoming.uri}", flush=True)
 
 
-async def serve(settings: ServerSettings) -> None:
+async def serve(settings: ServerSettings, identity: ServerIdentity) -> None:
     from edge_server.app import EdgeServer
 
-    server = EdgeServer(settings)
+    log = logging.getLogger(__name__)
+    files = tls_files(settings, identity)
+    context = tls_context(files)
+    server = EdgeServer(settings, identity, served_fingerprint(files))
     runner = web.AppRunner(server.make_app(), handle_signals=False, access_log=None,
                             shutdown_timeout=5)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls_context(settings))
+    site: web.BaseSite
+    if serves_lan(settings) and context is not None:
+        site = LanSite(runner, settings.host, settings.port, context,
+                       allow_plain_remote=settings.allow_plain_lan,
+                       first_byte_timeout=settings.handshake_timeout_s)
+    else:
+        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
-    scheme = "https" if settings.tls_cert else "http"
+    scheme = "https" if context is not None else "http"
     print(f"earshot-server listening on {scheme}://{settings.host}:{port}", flush=True)
+    print(f"earshot-server identity {server.server_id} fingerprint "
+          f"{server.tls_fingerprint or '-'} certificate {files[0] if files else '-'}", flush=True)
+    if isinstance(site, LanSite):
+        if settings.allow_plain_lan:
+            log.warning("allow_plain_lan: plain http/ws accepted from other hosts; tokens and "
+                        "audio cross the network unencrypted")
+        else:
+            log.info("other hosts must use https/wss; plain http/ws only from this machine")
+    elif serves_lan(settings) and context is None:
+        log.warning("serving plain http/ws on %s: tokens and audio cross the network "
+                    "unencrypted", settings.host)
     if settings.wyoming:
         await start_wyoming(server)
     if settings.mdns:
@@ -135,12 +189,18 @@ def main(argv: list[str] | None = None) -> int:
         from edge_server.lan.token_cmd import main as token_main
 
         return token_main(argv[1:])
+    if argv[:1] == ["identity"]:
+        from edge_server.lan.identity_cmd import main as identity_main
+
+        return identity_main(argv[1:])
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "verbose")}
     try:
         settings = load_settings(args.config, overrides)
-        tls_context(settings)  # an unusable certificate is a one-line error before anything runs
-    except ValueError as exc:
+        identity = load_or_create_identity(Path(settings.state_dir) if settings.state_dir
+                                           else None)
+        tls_context(tls_files(settings, identity))  # an unusable certificate: one line, now
+    except (OSError, ValueError) as exc:
         print(f"earshot-server: error: {exc}", file=sys.stderr)
         return 2
     from edge_server.logging_setup import configure
@@ -157,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             catalog = load_catalog()
             require_model(settings.model or catalog.default_asr)
             require_model(catalog.default_vad)
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, identity))
     except (ModelNotReadyError, EngineError, UnknownModelError, OSError, ValueError) as exc:
         print(f"earshot-server: error: {exc}", file=sys.stderr)
         return 1

@@ -26,6 +26,9 @@ os.environ.setdefault("EARSHOT_SERVER_TOKEN_FILE",
 os.environ.setdefault("EARSHOT_SERVER_STATE_DIR", tempfile.mkdtemp(prefix="earshot-state-"))
 # the app's paired servers and fallback token file stay out of the user's config dir
 os.environ.setdefault("EARSHOT_CONFIG_DIR", tempfile.mkdtemp(prefix="earshot-config-"))
+# ... and never in a developer's real keyring: no keyring, so the 0600 file (tests that
+# are about keyrings pick a backend themselves)
+os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -25,6 +25,8 @@ class ServerProcess:
     url: str
     log: list[str]
     ssl_context: ssl.SSLContext | None = None  # for a https server with a test CA
+    fingerprint: str = ""  # SHA-256 of the certificate it serves ("" for plain http)
+    cert_path: str = ""  # the certificate it serves
 
     def health(self) -> dict:
         try:
@@ -46,14 +48,26 @@ class ServerProcess:
             time.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, sig, timeout)
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    """Signal a process, wait for it (kill it after `timeout`), return its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def pinned_context(cert_path: str) -> ssl.SSLContext:
+    """Trust exactly this self-signed certificate, whatever address it is reached on."""
+    context = ssl.create_default_context(cafile=cert_path)
+    context.check_hostname = False
+    return context
 
 
 def start_server(*args: str, env: dict | None = None, ready_timeout: float = 120,
@@ -66,19 +80,23 @@ def start_server(*args: str, env: dict | None = None, ready_timeout: float = 120
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env)
     log: list[str] = []
     deadline = time.monotonic() + ready_timeout
-    url = None
+    url = cert = None
     assert proc.stdout is not None
-    while url is None:
+    while cert is None:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError("server exited: " + "".join(log))
         log.append(line)
         if m := re.search(r"listening on (https?://\S+)", line):
             url = m.group(1)
+        if m := re.search(r"identity \S+ fingerprint (\S+) certificate (\S+)", line):
+            fingerprint, cert = m.group(1).strip("-"), m.group(2)
+    if url.startswith("https") and ssl_context is None and cert != "-":
+        ssl_context = pinned_context(cert)  # the server's own self-signed identity
     import threading
 
     threading.Thread(target=lambda: [log.append(ln) for ln in proc.stdout], daemon=True).start()
-    server = ServerProcess(proc, url, log, ssl_context)
+    server = ServerProcess(proc, url, log, ssl_context, fingerprint, cert.strip("-"))
     while server.health().get("status") != "ready":
         if time.monotonic() > deadline or proc.poll() is not None:
             server.stop(signal.SIGKILL)

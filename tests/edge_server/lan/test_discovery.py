@@ -26,7 +26,8 @@ def test_advertised_on_loopback_found_within_2s_and_withdrawn_on_stop():
         assert props["protocol"] == "1" and props["name"] == "office"
         assert props["models"] == "noop" and props["device"] == "cpu"
         assert props["token"] == "required" and props["capacity"] == "7"
-        assert len(props["id"]) == 12
+        assert props["auth"] == "remote"
+        assert len(props["id"]) == 16 and props["tls"] == "0" and props["fp"] == ""
         assert info.port == int(server.url.rsplit(":", 1)[1])
         assert info.parsed_addresses() == ["127.0.0.1"]
 

@@ -1,8 +1,9 @@
 """A client on another host: a network namespace joined to this one by a veth pair.
 
-The server binds the host side (10.231.x.1); the client runs inside the namespace with
-`ip netns exec`, so the server sees a real non-loopback peer (10.231.x.2). Needs root and
-iproute2 (`python3 dev.py test` installs it); nothing leaves this machine. Also: TLS.
+The server binds the host side (10.231.x.1), so it serves https/wss with its identity
+certificate; the client runs inside the namespace with `ip netns exec`, so the server sees
+a real non-loopback peer (10.231.x.2). Needs root and iproute2 (`python3 dev.py test`
+installs it); nothing leaves this machine. Also: an admin's own TLS certificate.
 """
 
 from __future__ import annotations
@@ -67,14 +68,20 @@ def in_namespace(ns: str, *args: str, env: dict | None = None) -> subprocess.Com
                           env=dict(os.environ, **(env or {})))
 
 
-def transcribe_from(ns: str, url: str, token: str | None) -> subprocess.CompletedProcess:
+def transcribe_from(ns: str, url: str, token: str | None,
+                    fingerprint: str | None = None) -> subprocess.CompletedProcess:
     args = ["-m", "desktop.cli", "transcribe", "--server", url, "--format", "json", str(WAV)]
-    return in_namespace(ns, *args, *(["--token", token] if token else []))
+    return in_namespace(ns, *args, *(["--token", token] if token else []),
+                        *(["--fingerprint", fingerprint] if fingerprint else []))
 
 
+# the recipe of docs/lan-server.md: trust the box's own certificate (copied from the box)
 OPENAI_CLIENT = """
-import json, sys, openai
-c = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key=sys.argv[2], max_retries=0)
+import json, ssl, sys, openai
+ctx = ssl.create_default_context(cafile=sys.argv[4])
+ctx.check_hostname = False
+c = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key=sys.argv[2], max_retries=0,
+                  http_client=openai.DefaultHttpxClient(verify=ctx))
 try:
     print(json.dumps({"text": c.audio.transcriptions.create(
         model="whisper-1", file=open(sys.argv[3], "rb")).text}))
@@ -83,21 +90,48 @@ except openai.APIStatusError as e:
 """
 
 
-def test_remote_client_needs_the_token(netns, lan_server):
+def test_remote_client_needs_the_token_over_tls(netns, lan_server):
     ns, _ = netns
     srv, token_file = lan_server
     token = token_file.read_text().strip()
+    assert srv.url.startswith("https://") and len(srv.fingerprint) == 64
     for presented in (None, "wrong-token"):
-        out = transcribe_from(ns, srv.url, presented)
+        out = transcribe_from(ns, srv.url, presented, srv.fingerprint)
         assert out.returncode == 1 and "unauthorized" in out.stderr, out.stderr
-    out = transcribe_from(ns, srv.url, token)
+    out = transcribe_from(ns, srv.url, token, srv.fingerprint)
     assert out.returncode == 0, out.stderr
     text = json.loads(out.stdout)[0]["text"]
     assert word_error_rate([ROW["transcript"]], [text]).wer < 0.2
-    refused = json.loads(in_namespace(ns, "-c", OPENAI_CLIENT, srv.url, "guess", str(WAV)).stdout)
+    wrong_pin = transcribe_from(ns, srv.url, token, "ab" * 32)  # an impostor's certificate
+    assert wrong_pin.returncode == 1 and "identity_mismatch" in wrong_pin.stderr
+    unpinned = transcribe_from(ns, srv.url, token)  # self-signed: not trusted by default
+    assert unpinned.returncode == 1 and "earshot pair" in unpinned.stderr
+    refused = json.loads(in_namespace(ns, "-c", OPENAI_CLIENT, srv.url, "guess", str(WAV),
+                                      srv.cert_path).stdout)
     assert refused == {"status": 401, "code": "invalid_api_key"}
-    ok = json.loads(in_namespace(ns, "-c", OPENAI_CLIENT, srv.url, token, str(WAV)).stdout)
+    ok = json.loads(in_namespace(ns, "-c", OPENAI_CLIENT, srv.url, token, str(WAV),
+                                 srv.cert_path).stdout)
     assert word_error_rate([ROW["transcript"]], [ok["text"]]).wer < 0.2
+
+
+PLAIN_CLIENT = """
+import json, sys, urllib.request, urllib.error
+try:
+    urllib.request.urlopen(sys.argv[1] + "/healthz", timeout=10)
+    print(json.dumps({"status": 200}))
+except urllib.error.HTTPError as e:
+    print(json.dumps({"status": e.code, "body": json.loads(e.read())}))
+"""
+
+
+def test_plain_http_from_another_host_is_refused_with_tls_required(netns, lan_server):
+    ns, _ = netns
+    srv, _ = lan_server
+    plain = srv.url.replace("https://", "http://")
+    out = json.loads(in_namespace(ns, "-c", PLAIN_CLIENT, plain).stdout)
+    assert out["status"] == 403 and out["body"]["error"]["code"] == "tls_required"
+    assert "https://" in out["body"]["error"]["message"]
+    assert srv.health()["status"] == "ready"  # over https, from this host
 
 
 def test_rotated_token_takes_effect_on_the_running_server(netns, lan_server):
@@ -111,8 +145,8 @@ def test_rotated_token_takes_effect_on_the_running_server(netns, lan_server):
                              check=True).stdout.strip()
     assert rotated != old and token_file.read_text().strip() == rotated
     time.sleep(1.2)  # the server re-reads the file at most once a second
-    assert "unauthorized" in transcribe_from(ns, srv.url, old).stderr
-    assert transcribe_from(ns, srv.url, rotated).returncode == 0
+    assert "unauthorized" in transcribe_from(ns, srv.url, old, srv.fingerprint).stderr
+    assert transcribe_from(ns, srv.url, rotated, srv.fingerprint).returncode == 0
 
 
 @pytest.fixture(scope="module")
