@@ -1,8 +1,8 @@
 """The `earshot` command: the desktop app, plus subcommands that need no Qt.
 
 `earshot` alone starts the desktop app (Qt is imported only then). Subcommands:
-transcribe, models, eval. Known failures print one line `earshot: error: ...` and exit 1;
-usage errors exit 2.
+transcribe, models, eval, servers, pair, unpair. Known failures print one line
+`earshot: error: ...` and exit 1; usage errors exit 2.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from desktop.commands import eval_cmd, models_cmd, transcribe_cmd
+from desktop.commands import eval_cmd, models_cmd, servers_cmd, transcribe_cmd
 from edge_server.audio import AudioError
 from edge_server.engine import EngineError
 from models.catalog import UnknownModelError
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe_cmd.add_parser(sub)
     models_cmd.add_parser(sub)
     eval_cmd.add_parser(sub)
+    servers_cmd.add_parsers(sub)
     return parser
 
 

@@ -10,12 +10,11 @@ from the loop as queued Qt signals, so slots (history writes, widgets) run on th
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
-import urllib.request
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,11 @@ from desktop.dictation import Dictation, DictationFailed, DictationListener, End
 from desktop.embedded_server import EmbeddedServer
 from desktop.history import History
 from desktop.journal import Journal, JournalWriter
+from desktop.lan import trust
+from desktop.lan.credentials import CredentialStore
 from desktop.lan.discovery import DiscoveredServer, browse
+from desktop.lan.pairing import PairingError, VerifiedServer, pair, probe, remember
+from desktop.lan.pins import PinStore
 from desktop.loop_thread import LoopThread
 
 log = logging.getLogger(__name__)
@@ -38,8 +41,10 @@ LOCAL_NAME = "This computer"
 class ServerChoice:
     """Where dictation goes first; the embedded local server is always the fallback.
 
-    "auto": the best server discovered on the LAN (GPU first, then most free capacity) that
-    is healthy and needs no token or one we know, else local; "remote": `url`; "local".
+    "auto": the best discovered server that `desktop.lan.trust` allows (this machine's, or
+    paired ones presenting their pinned certificate; GPU first, then most free capacity),
+    else local; "remote": `url` (pinned and with the stored token when it was paired;
+    `token` overrides); "local".
     """
 
     mode: str = "auto"  # "auto" | "local" | "remote"
@@ -47,20 +52,15 @@ class ServerChoice:
     token: str | None = None
 
 
+def url_token_key(url: str) -> str:
+    """Credential-store key of a token given for a server address (no pin: loopback)."""
+    return f"url {url.rstrip('/')}"
+
+
 def mdns_interfaces() -> list[str] | None:
     """EARSHOT_MDNS_INTERFACES (comma-separated addresses) pins discovery; unset: all."""
     value = os.environ.get("EARSHOT_MDNS_INTERFACES", "")
     return [v.strip() for v in value.split(",") if v.strip()] or None
-
-
-def probe(url: str, timeout: float = 1.5) -> dict | None:
-    """The server's /healthz when it is ready, else None. Blocking; call off the GUI thread."""
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=timeout) as resp:
-            body = json.loads(resp.read())
-    except (OSError, ValueError):
-        return None
-    return body if body.get("status") == "ready" else None
 
 
 class _Bridge(DictationListener):
@@ -95,10 +95,13 @@ class DictationController(QObject):
     failed = Signal(str)  # a message for the user
     local_server = Signal(str)  # embedded server status: starting | ready | failed: ...
     servers_found = Signal(list)  # list[DiscoveredServer], best first
+    trust_warning = Signal(str)  # a server refused as an impostor, an insecure token store
     _source_ended = Signal()
     _finish_done = Signal(int, bool)  # from the loop thread: dictation id, all transcribed
 
-    def __init__(self, history: History, journal: Journal, model: str | None = None) -> None:
+    def __init__(self, history: History, journal: Journal, model: str | None = None,
+                 pins: PinStore | None = None,
+                 credentials: CredentialStore | None = None) -> None:
         super().__init__()
         self.history = history
         self.journal = journal
@@ -119,7 +122,9 @@ class DictationController(QObject):
         self._poll = QTimer(self)
         self._poll.timeout.connect(self._check_embedded)
         self.discovered: list[DiscoveredServer] = []
-        self.tokens: dict[str, str] = {}  # server id -> token the user gave
+        self.pins = pins or PinStore()
+        self.credentials = credentials or CredentialStore()
+        self.warnings: list[str] = []  # every trust warning shown so far, newest last
         self._discovery = None
 
     # ---- LAN discovery -----------------------------------------------------------------------
@@ -137,7 +142,36 @@ class DictationController(QObject):
                 found = []
             self.discovered = found
             self.servers_found.emit(found)
+            for warning in trust.automatic(found, self.pins, self.credentials)[1]:
+                self.warn(warning)
             await asyncio.sleep(every_s)
+
+    def warn(self, message: str) -> None:
+        """Tell the user once (any thread): an impostor refused, tokens stored insecurely."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+            log.warning("%s", message)
+            self.trust_warning.emit(message)
+
+    def assessment(self, server: DiscoveredServer) -> trust.Assessment:
+        return trust.assess(server, self.pins, self.credentials)
+
+    # ---- pairing -----------------------------------------------------------------------------
+    def pair(self, url: str, token: str | None, expected_fingerprint: str | None = None,
+             expected_id: str | None = None) -> Future:
+        """Verify and pin a server on the loop thread; the future gives a VerifiedServer or
+        raises PairingError. The token is stored (keyring) only once the server proved it."""
+        async def run() -> VerifiedServer:
+            verified = await pair(url, token, expected_fingerprint=expected_fingerprint,
+                                  expected_id=expected_id)
+            remember(verified, token, self.pins, self.credentials)
+            if token and not verified.fingerprint:  # loopback http: found again by address
+                self.credentials.set(url_token_key(verified.url), token)
+            if self.credentials.warning:
+                self.warn(self.credentials.warning)
+            return verified
+
+        return self.loop.submit(run())
 
     # ---- embedded server -------------------------------------------------------------------
     def start_local_server(self) -> None:
@@ -155,24 +189,39 @@ class DictationController(QObject):
             return None
         return Endpoint(LOCAL_NAME, self.embedded.url, self.embedded.token, "cpu", local=True)
 
-    def endpoints(self) -> list[Endpoint]:
-        """The chosen or best discovered server when healthy right now, then the local one."""
+    async def choose_endpoints(self) -> list[Endpoint]:
+        """The chosen or best trusted server when healthy right now, then the local one.
+        Runs on the loop thread (probes go over the network)."""
         out: list[Endpoint] = []
         if self.choice.mode == "auto":
-            for server in self.discovered:
-                token = self.tokens.get(server.server_id)
-                if server.capacity <= 0 or (server.token_required and not token):
+            usable, warnings = trust.automatic(self.discovered, self.pins, self.credentials)
+            for warning in warnings:
+                self.warn(warning)
+            for a in usable:
+                try:
+                    health = await probe(a.server.url, a.fingerprint)
+                except PairingError as exc:
+                    self.warn(str(exc))
                     continue
-                if probe(server.url) is not None:
-                    out.append(Endpoint(server.name, server.url, token, server.device))
+                if health is not None:
+                    out.append(Endpoint(a.server.name, a.server.url, a.token, a.server.device,
+                                        fingerprint=a.fingerprint))
                     break
         if self.choice.mode == "remote" and self.choice.url:
-            health = probe(self.choice.url)
+            pin = self.pins.find_by_url(self.choice.url)
+            fingerprint = pin.fingerprint if pin else None
+            token = self.choice.token or (self.credentials.get(pin.server_id) if pin else
+                                          self.credentials.get(url_token_key(self.choice.url)))
+            try:
+                health = await probe(self.choice.url, fingerprint)
+            except PairingError as exc:
+                self.warn(str(exc))
+                health = None
             if health is not None:
                 server = health.get("server", {})
-                name = self.choice.url.split("//")[-1]
-                out.append(Endpoint(name, self.choice.url, self.choice.token,
-                                    server.get("device")))
+                name = pin.name if pin else self.choice.url.split("//")[-1]
+                out.append(Endpoint(name, self.choice.url, token, server.get("device"),
+                                    fingerprint=fingerprint))
         local = self.local_endpoint()
         if local is not None:
             out.append(local)
@@ -187,7 +236,10 @@ class DictationController(QObject):
         """Begin a dictation from `source`. Returns False (and emits `failed`) if it cannot."""
         if self.dictation is not None:
             return False
-        endpoints = self.endpoints()
+        try:
+            endpoints = self.loop.submit(self.choose_endpoints()).result(timeout=10)
+        except TimeoutError:
+            endpoints = [e for e in [self.local_endpoint()] if e is not None]
         if not endpoints:
             self.failed.emit("No server is ready yet: the local model is still loading, "
                              "or it failed (see the status line).")

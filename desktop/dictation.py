@@ -35,6 +35,7 @@ class Endpoint:
     token: str | None = None
     device: str | None = None  # "cuda"/"cpu" when known
     local: bool = False
+    fingerprint: str | None = None  # pinned certificate SHA-256 (https servers paired with)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class Dictation:
             self.listener.on_state(state, endpoint)
             client = self._client_factory(
                 endpoint.url, token=endpoint.token, resume_window_s=self.resume_s,
+                fingerprint=endpoint.fingerprint,
                 on_event=lambda e, g=generation: self._on_event(g, e))
             try:
                 await client.connect()

@@ -40,6 +40,10 @@ class DesktopRun:
         self.queue: list[tuple[FileSource, str, JournalEntry | None]] = []
         self.current: JournalEntry | None = None
         self.controller.local_server.connect(self._on_local_server)
+        # "auto" looks at the LAN before the first scripted dictation, so it can pick a box
+        self._awaiting_discovery = args.server in (None, "auto")
+        self._local_ready = False
+        self.controller.servers_found.connect(self._on_first_discovery)
         self.controller.finished.connect(self._on_finished)
         self.controller.failed.connect(self._on_failed)
         if args.quit_when_done:  # a scripted run must end, even on a bug in a slot
@@ -61,6 +65,12 @@ class DesktopRun:
         return self.exit_code or code
 
     # ---- startup -------------------------------------------------------------------------
+    def _on_first_discovery(self, _servers: list) -> None:
+        if self._awaiting_discovery:
+            self._awaiting_discovery = False
+            if self._local_ready:
+                self._begin()
+
     def _on_local_server(self, status: str) -> None:
         if status == "starting":
             return
@@ -68,6 +78,13 @@ class DesktopRun:
             print(f"earshot: error: local speech engine: {status}", file=sys.stderr)
             self._quit(1)
             return
+        self._local_ready = True
+        if not self._awaiting_discovery:
+            self._begin()
+
+    def _begin(self) -> None:
+        """Recovery and scripted dictations, once the local server (and the first look
+        at the LAN, with "auto") are done."""
         self._plan_recovery()
         if self.args.audio_file is not None:
             source = FileSource(self.args.audio_file, realtime=not self.args.fast)
@@ -91,7 +108,7 @@ class DesktopRun:
             if answer != QMessageBox.StandardButton.Yes:
                 return
         for entry in entries:
-            wav = self.journal.export_wav(entry, self.scratch / f"{entry.id}.wav")
+            wav = self.journal.export_recovery(entry)  # next to the entry, deleted with it
             title = f"Recovered dictation {str(entry.created)[:16].replace('T', ' ')}"
             self.queue.append((FileSource(wav, realtime=False), title, entry))
 

@@ -59,10 +59,13 @@ class StreamClient:
                  sample_rate: int = 16_000, partials: bool = True,
                  on_event: EventCallback | None = None, resume_window_s: float = 30.0,
                  connect_timeout_s: float = 10.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        """`ssl_context` verifies a https/wss server (default: the system's CAs, which
-        honour SSL_CERT_FILE; a self-signed server needs its CA here or there)."""
+                 ssl_context: ssl.SSLContext | None = None,
+                 fingerprint: str | None = None) -> None:
+        """How a https/wss server is verified: `fingerprint` (SHA-256 of its certificate,
+        hex, the pin taken at pairing) accepts exactly that certificate; else
+        `ssl_context`; else the system's CAs (which honour SSL_CERT_FILE)."""
         self.ssl_context = ssl_context
+        self.fingerprint = fingerprint
         base = url.rstrip("/")
         if base.startswith("http"):
             base = "ws" + base[4:]
@@ -109,13 +112,17 @@ class StreamClient:
         try:
             ws = await self._http.ws_connect(
                 self.url, params={"session": self.session_id}, heartbeat=20.0,
-                ssl=self.ssl_context if self.ssl_context is not None else True,
+                ssl=self._ssl(),
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=4 << 20)
         except aiohttp.WSServerHandshakeError as exc:
             retry = exc.headers.get("Retry-After") if exc.headers else None
-            code = {503: "overloaded", 429: "rate_limited"}.get(exc.status, f"http_{exc.status}")
+            code = {503: "overloaded", 429: "rate_limited",
+                    403: "tls_required"}.get(exc.status, f"http_{exc.status}")
             raise StreamError(code, f"server refused the stream (HTTP {exc.status})",
                               float(retry) if retry else None) from None
+        except aiohttp.ServerFingerprintMismatch:
+            raise StreamError("identity_mismatch", f"{self.url} presented a certificate other "
+                              "than the one paired; not sending audio or token") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise StreamError("unreachable", f"cannot reach {self.url}: {exc}") from None
         last_final = self.finals[-1].segment if self.finals else -1
@@ -151,6 +158,11 @@ class StreamClient:
         self._reader = asyncio.get_running_loop().create_task(self._read(ws))
         if self._pinger is None:
             self._pinger = spawn(self._ping_loop(), "stream-ping")
+
+    def _ssl(self) -> aiohttp.Fingerprint | ssl.SSLContext | bool:
+        if self.fingerprint:
+            return aiohttp.Fingerprint(bytes.fromhex(self.fingerprint))
+        return self.ssl_context if self.ssl_context is not None else True
 
     async def _ping_loop(self, every_s: float = 5.0) -> None:
         """Measure the round trip now and then (shown to the user as the server's latency)."""
@@ -199,7 +211,8 @@ class StreamClient:
                 log.info("stream %s resumed", self.session_id)
                 return
             except StreamError as exc:
-                if exc.code in ("session_unknown", "unauthorized", "unsupported_version"):
+                if exc.code in ("session_unknown", "unauthorized", "unsupported_version",
+                                "identity_mismatch", "tls_required"):
                     self._fatal = exc
                     break
                 await asyncio.sleep(delay)

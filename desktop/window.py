@@ -6,7 +6,9 @@ it and remembers the user's choices (QSettings).
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSettings, Qt, Slot
+from concurrent.futures import Future
+
+from PySide6.QtCore import QSettings, Qt, Signal, Slot
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QComboBox,
@@ -23,7 +25,9 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.capture import AudioSource, CaptureError, MicrophoneSource, list_input_devices
-from desktop.controller import DictationController, ServerChoice
+from desktop.controller import DictationController, ServerChoice, url_token_key
+from desktop.lan.pairing import PairingError, normalise_url
+from desktop.lan.pins import format_fingerprint
 from desktop.widgets.history_pane import HistoryPane
 from desktop.widgets.level_meter import LevelMeter
 from desktop.widgets.server_status import ServerStatus
@@ -33,6 +37,8 @@ RECORD_SHORTCUT = "Ctrl+Shift+Space"
 
 
 class MainWindow(QMainWindow):
+    _pairing_done = Signal(object, str, str)  # Future, url, server name (from the loop thread)
+
     def __init__(self, controller: DictationController, settings: QSettings | None = None) -> None:
         super().__init__()
         self.controller = controller
@@ -56,6 +62,11 @@ class MainWindow(QMainWindow):
                                         orientation=Qt.Orientation.Vertical)
         self.message = QLabel("")
         self.message.setWordWrap(True)
+        self.notice = QLabel("")  # trust warnings: impostors refused, insecure token storage
+        self.notice.setWordWrap(True)
+        self.notice.setStyleSheet("color: #9a3412; font-weight: bold;")
+        self.notice.hide()
+        self._pairing_done.connect(self._on_pairing_done)
 
         top = QHBoxLayout()
         top.addWidget(self.record_button)
@@ -72,6 +83,7 @@ class MainWindow(QMainWindow):
         layout = QVBoxLayout()
         layout.addLayout(top)
         layout.addWidget(splitter, 1)
+        layout.addWidget(self.notice)
         layout.addWidget(self.message)
         central = QWidget()
         central.setLayout(layout)
@@ -95,6 +107,7 @@ class MainWindow(QMainWindow):
         c.failed.connect(self.show_message)
         c.local_server.connect(self._on_local_server)
         c.servers_found.connect(self._on_servers_found)
+        c.trust_warning.connect(self.show_warning)
         self.refresh_microphones()
         self._restore_choices()
 
@@ -119,7 +132,8 @@ class MainWindow(QMainWindow):
                 self.mic_picker.setCurrentIndex(self.mic_picker.count() - 1)
 
     def _fill_server_picker(self, servers: list) -> None:
-        """Automatic, this computer, manual entry, then the servers found on the LAN."""
+        """Automatic, this computer, manual entry, then the servers found on the LAN:
+        🔒 needs pairing, ⚠ refused (identity mismatch), "open" needs no token."""
         picker = self.server_picker
         current = picker.currentData()
         picker.blockSignals(True)
@@ -129,9 +143,11 @@ class MainWindow(QMainWindow):
         picker.addItem("Server address…", ("remote",))
         for s in servers:
             kind = "GPU" if s.has_gpu else "CPU"
-            lock = " 🔒" if s.token_required else ""
-            picker.addItem(f"{s.name} ({kind}, {s.capacity} free){lock}",
-                           ("server", s.url, s.server_id, s.token_required))
+            status = self.controller.assessment(s).status
+            mark = {"needs pairing": " 🔒", "mismatch": " ⚠ refused", "open": " (open)",
+                    "no tls": " ⚠ no TLS"}.get(status, "")
+            picker.addItem(f"{s.name} ({kind}, {s.capacity} free){mark}",
+                           ("server", s.url, s.server_id, status, s.fingerprint))
         index = picker.findData(current) if current is not None else -1
         if index < 0:
             index = {"auto": 0, "local": 1, "remote": 2}.get(self.controller.choice.mode, 0)
@@ -145,11 +161,11 @@ class MainWindow(QMainWindow):
     def _restore_choices(self) -> None:
         mode = self.settings.value("server/mode", "auto")
         url = self.settings.value("server/url", "")
-        token = self.settings.value("server/token", "")
-        tokens = self.settings.value("server/tokens", {}) or {}
-        self.controller.tokens = dict(tokens) if isinstance(tokens, dict) else {}
+        self._migrate_plaintext_tokens(url)
         if mode == "remote" and url:
-            self.controller.choice = ServerChoice("remote", url, token or None)
+            self.controller.choice = ServerChoice("remote", url,
+                                                  self.controller.credentials.get(
+                                                      url_token_key(url)))
         elif mode == "local":
             self.controller.choice = ServerChoice("local")
         self._fill_server_picker(self.controller.discovered)
@@ -158,14 +174,28 @@ class MainWindow(QMainWindow):
         if index >= 0:
             self.mic_picker.setCurrentIndex(index)
 
+    def _migrate_plaintext_tokens(self, url: str) -> None:
+        """Tokens older versions kept in QSettings move to the credential store."""
+        tokens = self.settings.value("server/tokens", {}) or {}
+        legacy = dict(tokens) if isinstance(tokens, dict) else {}
+        token = self.settings.value("server/token", "")
+        if token and url:
+            legacy[url_token_key(url)] = token
+        if legacy:
+            self.controller.credentials.migrate_plaintext(legacy)
+        self.settings.remove("server/tokens")
+        self.settings.remove("server/token")
+
     def set_server(self, url: str | None, token: str | None = None,
                    mode: str | None = None) -> None:
-        """Prefer a server by URL (local fallback), or `mode` "auto"/"local" (url None)."""
+        """Prefer a server by URL (local fallback), or `mode` "auto"/"local" (url None).
+        A token given here goes to the credential store, never to QSettings."""
         if url:
             self.controller.choice = ServerChoice("remote", url, token)
             self.settings.setValue("server/mode", "remote")
             self.settings.setValue("server/url", url)
-            self.settings.setValue("server/token", token or "")
+            if token:
+                self.controller.credentials.set(url_token_key(url), token)
         else:
             mode = mode or "local"
             self.controller.choice = ServerChoice(mode)
@@ -178,31 +208,67 @@ class MainWindow(QMainWindow):
             self.set_server(None, mode=data[0])
             return
         if data[0] == "server":
-            _, url, server_id, needs_token = data
-            token = self.controller.tokens.get(server_id)
-            if needs_token and not token:
-                token, ok = QInputDialog.getText(self, "Server", "This server needs a token:",
-                                                 QLineEdit.EchoMode.Password)
-                if not ok or not token.strip():
-                    self.server_picker.setCurrentIndex(0)
-                    return
-                token = token.strip()
-                self.controller.tokens[server_id] = token
-                self.settings.setValue("server/tokens", self.controller.tokens)
-            self.set_server(url, token)
+            _, url, server_id, status, fingerprint = data
+            if status == "mismatch":
+                self.server_picker.setCurrentIndex(0)
+                self.show_warning(f"Refused {url}: its identity does not match the pairing.")
+                return
+            if status == "needs pairing":
+                self._ask_token_and_pair(url, fingerprint or None, server_id)
+                return
+            self.set_server(url)
             return
-        url, ok = QInputDialog.getText(self, "Server", "Server address (host:port):",
-                                       QLineEdit.EchoMode.Normal,
-                                       self.settings.value("server/url", ""))
-        if not ok or not url.strip():
+        self._ask_address()
+
+    def _ask_address(self) -> None:
+        address, ok = QInputDialog.getText(self, "Server", "Server address (host:port):",
+                                           QLineEdit.EchoMode.Normal,
+                                           self.settings.value("server/url", ""))
+        if not ok or not address.strip():
             self.server_picker.setCurrentIndex(0)
             return
-        url = url.strip()
-        if not url.startswith(("http://", "https://")):
-            url = "http://" + url
-        token, _ = QInputDialog.getText(self, "Server", "Token (leave empty if none):",
-                                        QLineEdit.EchoMode.Password)
-        self.set_server(url, token.strip() or None)
+        try:
+            url = normalise_url(address)
+        except ValueError as exc:
+            self.server_picker.setCurrentIndex(0)
+            self.show_message(str(exc))
+            return
+        self._ask_token_and_pair(url, None, None)
+
+    def _ask_token_and_pair(self, url: str, fingerprint: str | None,
+                            server_id: str | None) -> None:
+        where = f"\nIts certificate fingerprint should read\n{format_fingerprint(fingerprint)}" \
+            if fingerprint else ""
+        token, ok = QInputDialog.getText(
+            self, "Pair with a server",
+            f"Token of {url}\n(on the server: `earshot-server token`; leave empty if it "
+            f"needs none).{where}", QLineEdit.EchoMode.Password)
+        if not ok:
+            self.server_picker.setCurrentIndex(0)
+            return
+        self.pair_with(url, token.strip() or None, fingerprint, server_id)
+
+    def pair_with(self, url: str, token: str | None, fingerprint: str | None = None,
+                  server_id: str | None = None) -> Future:
+        """Pair in the background; on success the server becomes the preferred one."""
+        self.show_message(f"Pairing with {url}…")
+        future = self.controller.pair(url, token, fingerprint, server_id)
+        future.add_done_callback(lambda f: self._pairing_done.emit(f, url, ""))
+        return future
+
+    @Slot(object, str, str)
+    def _on_pairing_done(self, future: Future, url: str, _name: str) -> None:
+        try:
+            verified = future.result()
+        except PairingError as exc:
+            self.server_picker.setCurrentIndex(0)
+            self.show_message(f"Not paired: {exc}")
+            if exc.code == "identity_mismatch":
+                self.show_warning(str(exc))
+            return
+        self.set_server(verified.url)
+        self._fill_server_picker(self.controller.discovered)
+        self.show_message(f"Paired with {verified.name}.")
 
     # ---- recording ---------------------------------------------------------------------------
     @Slot()
@@ -272,6 +338,11 @@ class MainWindow(QMainWindow):
     @Slot(str)
     def show_message(self, text: str) -> None:
         self.message.setText(text)
+
+    @Slot(str)
+    def show_warning(self, text: str) -> None:
+        self.notice.setText(text)
+        self.notice.setVisible(bool(text))
 
     def closeEvent(self, event) -> None:
         if self.controller.is_recording:

@@ -18,11 +18,16 @@ from edge_server.formats import TimedText, Transcript
 FRAME_SAMPLES = SAMPLE_RATE // 10
 
 
-async def stream_file(path: Path, url: str, token: str | None, realtime: bool) -> FileResult:
+CERT_HINT = ("the server's certificate is not trusted: pair with it first (`earshot pair "
+             "URL`), or pass --fingerprint from `earshot-server identity`")
+
+
+async def stream_file(path: Path, url: str, token: str | None, realtime: bool,
+                      fingerprint: str | None = None) -> FileResult:
     result = FileResult(Path(path))
     try:
         duration = audio_duration(path)
-        client = StreamClient(url, token=token, partials=False)
+        client = StreamClient(url, token=token, partials=False, fingerprint=fingerprint)
         await client.connect()
         sent = 0
         started = time.monotonic()
@@ -41,7 +46,8 @@ async def stream_file(path: Path, url: str, token: str | None, realtime: bool) -
             await client.close()
             raise
     except (AudioError, StreamError) as exc:
-        result.error = f"{path}: {exc}"
+        hint = f" ({CERT_HINT})" if "CERTIFICATE_VERIFY_FAILED" in str(exc) else ""
+        result.error = f"{path}: {exc}{hint}"
         return result
     result.transcript = Transcript(str(path), [TimedText(f.start, f.end, f.text) for f in finals
                                                if f.text], duration)
@@ -49,11 +55,11 @@ async def stream_file(path: Path, url: str, token: str | None, realtime: bool) -
 
 
 async def stream_files(paths: list[Path], url: str, token: str | None, realtime: bool,
-                       concurrency: int = 4) -> list[FileResult]:
+                       concurrency: int = 4, fingerprint: str | None = None) -> list[FileResult]:
     gate = asyncio.Semaphore(concurrency)
 
     async def one(p: Path) -> FileResult:
         async with gate:
-            return await stream_file(p, url, token, realtime)
+            return await stream_file(p, url, token, realtime, fingerprint)
 
     return list(await asyncio.gather(*(one(p) for p in paths)))

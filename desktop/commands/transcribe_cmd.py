@@ -29,9 +29,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path,
                    help="output file, or a folder for one file per input (<name>.<format>)")
     add_engine_options(p)
-    p.add_argument("--server", metavar="URL",
-                   help="stream the files to an edge server (http://host:port) instead")
-    p.add_argument("--token", help="the server's token, with --server")
+    p.add_argument("--server", metavar="URL|auto",
+                   help="stream the files to an edge server instead: https://host:port (pinned "
+                   "and with its token when paired: `earshot pair`), or auto (the best "
+                   "trusted server on the LAN)")
+    p.add_argument("--token", help="the server's token, with --server (default: the stored one)")
+    p.add_argument("--fingerprint", help="with --server https://...: accept only the "
+                   "certificate with this SHA-256 fingerprint (`earshot-server identity`)")
     p.add_argument("--realtime", action="store_true",
                    help="with --server: send audio at real-time pace, as a microphone would")
     p.set_defaults(func=run)
@@ -64,8 +68,11 @@ def run(args: argparse.Namespace) -> int:
         import asyncio
 
         from desktop.commands.remote_transcribe import stream_files
+        from desktop.commands.servers_cmd import resolve_server
 
-        results = asyncio.run(stream_files(args.files, args.server, args.token, args.realtime))
+        target = resolve_server(args.server, args.token, args.fingerprint)
+        results = asyncio.run(stream_files(args.files, target.url, target.token, args.realtime,
+                                           fingerprint=target.fingerprint))
     else:
         engine = create_engine(args.model, device=args.device, threads=args.threads)
         transcriber = FileTranscriber(engine, batch_size=args.batch_size,

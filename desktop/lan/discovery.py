@@ -1,9 +1,10 @@
 """Find Earshot servers on the LAN (mDNS `_earshot._tcp.local.`), for the desktop app.
 
 `browse()` listens for `timeout` seconds and returns the servers seen, with their TXT data
-(protocol, id, models, device, capacity, token, tls, name; tls=1 gives an https URL).
-`interfaces` pins zeroconf's sockets (tests: ["127.0.0.1"]). Run it on an asyncio loop
-(the app's network thread).
+(protocol, id, fp, models, device, capacity, token, tls, name; tls=1 gives an https URL).
+What a record says is a claim, not proof: `desktop.lan.trust` decides which servers may
+be used. `interfaces` pins zeroconf's sockets (tests: ["127.0.0.1"]); the default is every
+interface. Run it on an asyncio loop (the app's network thread).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from edge_server.lan.discovery import SERVICE_TYPE
+from edge_server.lan.auth import is_loopback
+from edge_server.lan.discovery import SERVICE_TYPE, zeroconf_interfaces
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,18 @@ class DiscoveredServer:
     models: tuple[str, ...]
     protocol: int
     server_id: str
+    fingerprint: str = ""  # advertised SHA-256 of its TLS certificate (lowercase hex)
+    tls: bool = False
+    address: str = ""
+    auth: str = "remote"  # remote: loopback clients need no token | all | none
 
     @property
     def has_gpu(self) -> bool:
         return self.device == "cuda"
+
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback(self.address)
 
 
 def _parse(info: AsyncServiceInfo) -> DiscoveredServer | None:
@@ -48,7 +58,10 @@ def _parse(info: AsyncServiceInfo) -> DiscoveredServer | None:
             capacity=int(props.get("capacity", "0")),
             token_required=props.get("token") == "required",
             models=tuple(m for m in props.get("models", "").split(",") if m),
-            protocol=int(props.get("protocol", "0")), server_id=props.get("id", ""))
+            protocol=int(props.get("protocol", "0")), server_id=props.get("id", ""),
+            fingerprint=props.get("fp", "").lower(), tls=props.get("tls") == "1",
+            address=addresses[0],
+            auth=props.get("auth") or ("remote" if props.get("token") == "required" else "none"))
     except ValueError:
         return None  # a malformed record is not a server we can use
 
@@ -56,7 +69,7 @@ def _parse(info: AsyncServiceInfo) -> DiscoveredServer | None:
 async def browse(timeout: float = 2.0,
                  interfaces: list[str] | None = None) -> list[DiscoveredServer]:
     """Servers announcing themselves within `timeout` seconds, GPU and free ones first."""
-    zc = AsyncZeroconf(interfaces=interfaces or "all", ip_version=IPVersion.V4Only)
+    zc = AsyncZeroconf(interfaces=zeroconf_interfaces(interfaces), ip_version=IPVersion.V4Only)
     names: set[str] = set()
 
     def on_change(zeroconf, service_type: str, name: str, state_change: ServiceStateChange):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import urllib.request
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -91,11 +94,10 @@ def test_stopping_the_remote_server_mid_dictation_loses_no_word(qtbot, app_parts
     assert len(missing) <= 1, (missing, record.text)
 
 
-def test_automatic_picks_a_discovered_server_and_lists_it(qtbot, app_parts):
+def test_automatic_picks_a_discovered_server_on_this_machine_and_lists_it(qtbot, app_parts):
     window, controller, history, _, _ = app_parts
-    remote = start_server("--mdns-interfaces", "127.0.0.1", "--name", "office-box",
-                          "--auth", "none")  # "automatic" skips servers whose token it lacks
-    try:
+    remote = start_server("--mdns-interfaces", "127.0.0.1", "--name", "office-box")
+    try:  # on this machine (loopback), so it needs no pairing
         window.set_server(None, mode="auto")
         controller.start_discovery(every_s=1.0)
         qtbot.waitUntil(lambda: any(s.name == "office-box" for s in controller.discovered),
@@ -109,3 +111,126 @@ def test_automatic_picks_a_discovered_server_and_lists_it(qtbot, app_parts):
         assert record.server == "office-box" and "apprehension" in record.text.lower()
     finally:
         remote.stop()
+
+
+def test_automatic_never_picks_an_open_server(qtbot, app_parts):
+    window, controller, history, _, _ = app_parts
+    remote = start_server("--mdns-interfaces", "127.0.0.1", "--name", "open-box", "--auth", "none")
+    try:  # anyone can run a server that asks for no token: never trusted automatically
+        controller.start_discovery(every_s=1.0)
+        qtbot.waitUntil(lambda: window.server_picker.findText(
+            "open-box", Qt.MatchFlag.MatchStartsWith) >= 0, timeout=15_000)
+        index = window.server_picker.findText("open-box", Qt.MatchFlag.MatchStartsWith)
+        assert window.server_picker.itemText(index).endswith("(open)")
+        source = FileSource(DEV / "sherpa-test-wavs/8k.wav", realtime=False)
+        with qtbot.waitSignal(controller.finished, timeout=60_000) as done:
+            assert window.start_dictation(source, "Open")
+        assert history.get(done.args[0]).server == "This computer"
+    finally:
+        remote.stop()
+
+
+@pytest.fixture
+def locked_box(tmp_path):
+    """A https server on this machine that wants its token from everyone (--auth all)."""
+    import subprocess
+    import sys
+
+    state = tmp_path / "box-state"
+    out = subprocess.run([sys.executable, "-m", "edge_server.cli", "identity", "--json",
+                          "--state-dir", str(state)], capture_output=True, text=True, check=True)
+    identity = json.loads(out.stdout)
+    server = start_server("--mdns-interfaces", "127.0.0.1", "--name", "locked-box",
+                          "--auth", "all", "--token", "office", "--state-dir", str(state),
+                          "--tls-cert", identity["certificate"],
+                          "--tls-key", str(state / "identity-key.pem"))
+    yield server, identity
+    server.stop()
+
+
+def test_choosing_a_locked_server_pairs_it_and_dictates_there(qtbot, app_parts, locked_box,
+                                                               monkeypatch):
+    from PySide6.QtWidgets import QInputDialog
+
+    window, controller, history, _, _ = app_parts
+    _, identity = locked_box
+    controller.start_discovery(every_s=1.0)
+    qtbot.waitUntil(lambda: window.server_picker.findText(
+        "locked-box", Qt.MatchFlag.MatchStartsWith) >= 0, timeout=15_000)
+    index = window.server_picker.findText("locked-box", Qt.MatchFlag.MatchStartsWith)
+    assert window.server_picker.itemText(index).endswith("🔒")
+    asked: list[str] = []
+
+    def type_token(token):
+        def answer(parent, title, label, *args):
+            asked.append(label)
+            return token, True
+        return answer
+
+    monkeypatch.setattr(QInputDialog, "getText", type_token("not-it"))
+    window.server_picker.setCurrentIndex(index)
+    qtbot.waitUntil(lambda: window.message.text().startswith("Not paired"), timeout=10_000)
+    assert "token does not match" in window.message.text()
+    assert controller.pins.get(identity["server_id"]) is None
+
+    monkeypatch.setattr(QInputDialog, "getText", type_token("office"))
+    index = window.server_picker.findText("locked-box", Qt.MatchFlag.MatchStartsWith)
+    window.server_picker.setCurrentIndex(index)
+    qtbot.waitUntil(lambda: window.message.text().startswith("Paired"), timeout=10_000)
+    fingerprint = identity["fingerprint"]
+    assert fingerprint[:2].upper() + ":" + fingerprint[2:4].upper() in asked[-1]
+    assert controller.pins.get(identity["server_id"]).fingerprint == fingerprint
+    assert controller.credentials.get(identity["server_id"]) == "office"
+    window.settings.sync()
+    assert "office" not in Path(window.settings.fileName()).read_text()
+    source = FileSource(DEV / "sherpa-test-wavs/8k.wav", realtime=False)
+    with qtbot.waitSignal(controller.finished, timeout=60_000) as done:
+        assert window.start_dictation(source, "Paired")
+    record = history.get(done.args[0])
+    assert record.server == "locked-box" and "apprehension" in record.text.lower()
+
+
+def test_a_record_with_a_paired_id_and_another_fingerprint_is_refused_visibly(
+        qtbot, app_parts, locked_box):
+    import time
+
+    from desktop.lan.pins import PairedServer
+
+    window, controller, history, _, _ = app_parts
+    server, identity = locked_box
+    controller.pins.add(PairedServer(identity["server_id"], "ab" * 32, "locked-box", server.url,
+                                     time.time()))  # paired with a server holding another key
+    controller.credentials.set(identity["server_id"], "office")
+    controller.start_discovery(every_s=1.0)
+    qtbot.waitUntil(lambda: window.notice.isVisible(), timeout=15_000)
+    assert "Refused 'locked-box'" in window.notice.text()
+    index = window.server_picker.findText("locked-box", Qt.MatchFlag.MatchStartsWith)
+    assert "refused" in window.server_picker.itemText(index)
+    source = FileSource(DEV / "sherpa-test-wavs/8k.wav", realtime=False)
+    with qtbot.waitSignal(controller.finished, timeout=60_000) as done:
+        assert window.start_dictation(source, "Refused")
+    assert history.get(done.args[0]).server == "This computer"
+    with urllib.request.urlopen(server.url + "/api/stats", context=server.ssl_context) as resp:
+        assert json.loads(resp.read())["totals"]["sessions_started"] == 0
+
+
+def test_tokens_kept_in_plain_settings_move_to_the_credential_store(qtbot, tmp_path):
+    settings = QSettings(str(tmp_path / "old.ini"), QSettings.Format.IniFormat)
+    settings.setValue("server/tokens", {"abc123": "old-secret"})
+    settings.setValue("server/mode", "remote")
+    settings.setValue("server/url", "https://box:8765")
+    settings.setValue("server/token", "url-secret")
+    settings.sync()
+    history = History(tmp_path / "history.db")
+    controller = DictationController(history, Journal(tmp_path / "journal"))
+    try:
+        window = MainWindow(controller, settings)
+        qtbot.addWidget(window)
+        settings.sync()
+        text = (tmp_path / "old.ini").read_text()
+        assert "old-secret" not in text and "url-secret" not in text
+        assert controller.credentials.get("abc123") == "old-secret"
+        assert controller.choice.token == "url-secret"
+    finally:
+        controller.shutdown()
+        history.close()
