@@ -16,7 +16,6 @@ import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -329,7 +328,3 @@ class DictationController(QObject):
         self.embedded.stop()
         self.loop.stop()
 
-
-def recovered_wav(journal: Journal, entry, folder: Path) -> Path:
-    """Export an unfinished journal entry as a WAV for re-transcription."""
-    return journal.export_wav(entry, folder / f"{entry.id}.wav")

@@ -237,8 +237,9 @@ class MainWindow(QMainWindow):
 
     def _ask_token_and_pair(self, url: str, fingerprint: str | None,
                             server_id: str | None) -> None:
-        where = f"\nIts certificate fingerprint should read\n{format_fingerprint(fingerprint)}" \
-            if fingerprint else ""
+        where = (f"\nIts certificate fingerprint should read (compare with `earshot-server "
+                 f"identity` on the server):\n{format_fingerprint(fingerprint)}"
+                 if fingerprint else "")
         token, ok = QInputDialog.getText(
             self, "Pair with a server",
             f"Token of {url}\n(on the server: `earshot-server token`; leave empty if it "

@@ -59,11 +59,13 @@ def format_fingerprint(hex_digest: str) -> str:
 
 
 def certificate_fingerprint(pem_or_der: bytes) -> str:
-    """SHA-256 of a certificate's DER form, lowercase hex (what TLS clients pin)."""
+    """SHA-256 of a certificate's DER form, lowercase hex (what TLS clients pin).
+    Raises ValueError when the bytes are no certificate."""
     if pem_or_der.lstrip().startswith(b"-----BEGIN"):
         cert = x509.load_pem_x509_certificate(pem_or_der)
-        pem_or_der = cert.public_bytes(serialization.Encoding.DER)
-    return hashlib.sha256(pem_or_der).hexdigest()
+    else:
+        cert = x509.load_der_x509_certificate(pem_or_der)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def _write_private(path: Path, data: bytes) -> None:

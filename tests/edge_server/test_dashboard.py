@@ -224,7 +224,7 @@ def test_dashboard_updates_live_while_streams_run(server, browser, tmp_path):
     page.close()
 
 
-def test_dashboard_shows_disconnected_then_recovers(browser):
+def test_dashboard_shows_disconnected_then_recovers(browser, tmp_path):
     first = start_server("--noop-engine")
     port = urlparse(first.url).port
     page = browser.new_page(viewport=VIEWPORT)
@@ -236,7 +236,9 @@ def test_dashboard_shows_disconnected_then_recovers(browser):
         wait_until(page, "document.querySelector('[data-stat=connection]').textContent "
                          "=== 'disconnected'", timeout_s=8)
         assert page.locator("#conn.disconnected").is_visible()
-        second = start_server("--noop-engine", "--port", str(port))  # the last --port wins
+        # another server (its own identity) on the same port; the last --port wins
+        second = start_server("--noop-engine", "--port", str(port), "--state-dir",
+                              str(tmp_path / "other-box"))
         try:
             wait_until(page, "document.querySelector('[data-stat=connection]').textContent "
                              "=== 'live'", timeout_s=8)

@@ -133,9 +133,17 @@ def test_default_server_is_found_by_a_default_browser_within_2s(lan, box_server,
 
 @pytest.fixture(scope="module")
 def paired(lan, box_server, token, laptop_env, identity):
-    _, _, laptop, _ = lan
+    _, box, laptop, _ = lan
     listed = earshot(laptop, laptop_env, "servers")
     assert "needs pairing" in listed.stdout, listed.stdout + listed.stderr
+    url = f"https://{box.ip}:{PORT}"
+    for presented in ([], ["--token", "guess"]):  # the box's address, without its token
+        refused = earshot(laptop, laptop_env, "transcribe", "--server", url, "--fingerprint",
+                          identity["fingerprint"], *presented, str(WAV))
+        assert refused.returncode == 1 and "unauthorized" in refused.stderr, refused.stderr
+    served = earshot(laptop, laptop_env, "transcribe", "--server", url, "--fingerprint",
+                     identity["fingerprint"], "--token", token, str(WAV))
+    assert served.returncode == 0 and served.stdout.strip(), served.stderr
     name = listed.stdout.split("\t")[0]
     wrong = earshot(laptop, laptop_env, "pair", name, "--token", "not-the-token")
     assert wrong.returncode == 1 and "token does not match" in wrong.stderr, wrong.stderr

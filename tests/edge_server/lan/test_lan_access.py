@@ -134,6 +134,18 @@ def test_plain_http_from_another_host_is_refused_with_tls_required(netns, lan_se
     assert srv.health()["status"] == "ready"  # over https, from this host
 
 
+def test_plain_lan_opt_out_is_explicit_and_logged(netns, tmp_path):
+    ns, host_ip = netns
+    srv = start_server("--noop-engine", "--host", host_ip, "--allow-plain-lan")
+    try:
+        out = json.loads(in_namespace(ns, "-c", PLAIN_CLIENT,
+                                      srv.url.replace("https://", "http://")).stdout)
+        assert out == {"status": 200}
+        assert any("allow_plain_lan" in line and "WARNING" in line for line in srv.log)
+    finally:
+        srv.stop()
+
+
 def test_rotated_token_takes_effect_on_the_running_server(netns, lan_server):
     ns, _ = netns
     srv, token_file = lan_server
