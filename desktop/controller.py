@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 import uuid
 from concurrent.futures import Future
@@ -28,8 +29,16 @@ from desktop.journal import Journal, JournalWriter
 from desktop.lan import trust
 from desktop.lan.credentials import CredentialStore
 from desktop.lan.discovery import DiscoveredServer, browse
-from desktop.lan.pairing import PairingError, VerifiedServer, pair, probe, remember
+from desktop.lan.pairing import (
+    PairingError,
+    VerifiedServer,
+    is_plain_remote,
+    pair,
+    probe,
+    remember,
+)
 from desktop.lan.pins import PinStore
+from desktop.lan.trust import url_token_key
 from desktop.loop_thread import LoopThread
 
 log = logging.getLogger(__name__)
@@ -49,11 +58,6 @@ class ServerChoice:
     mode: str = "auto"  # "auto" | "local" | "remote"
     url: str | None = None
     token: str | None = None
-
-
-def url_token_key(url: str) -> str:
-    """Credential-store key of a token given for a server address (no pin: loopback)."""
-    return f"url {url.rstrip('/')}"
 
 
 def mdns_interfaces() -> list[str] | None:
@@ -124,6 +128,7 @@ class DictationController(QObject):
         self.pins = pins or PinStore()
         self.credentials = credentials or CredentialStore()
         self.warnings: list[str] = []  # every trust warning shown so far, newest last
+        self._warn_lock = threading.Lock()  # warn() is called from the GUI and loop threads
         self._discovery = None
 
     # ---- LAN discovery -----------------------------------------------------------------------
@@ -136,21 +141,25 @@ class DictationController(QObject):
         while True:
             try:
                 found = await browse(timeout=1.5, interfaces=mdns_interfaces())
-            except OSError as exc:  # no usable network interface: keep going locally
+                warnings = (await asyncio.to_thread(
+                    trust.automatic, found, self.pins, self.credentials))[1]
+            except Exception as exc:  # no usable interface, a broken keyring: stay local
                 log.info("discovery unavailable: %s", exc)
-                found = []
+                found, warnings = [], []
             self.discovered = found
             self.servers_found.emit(found)
-            for warning in trust.automatic(found, self.pins, self.credentials)[1]:
+            for warning in warnings:
                 self.warn(warning)
             await asyncio.sleep(every_s)
 
     def warn(self, message: str) -> None:
         """Tell the user once (any thread): an impostor refused, tokens stored insecurely."""
-        if message not in self.warnings:
+        with self._warn_lock:
+            if message in self.warnings:
+                return
             self.warnings.append(message)
-            log.warning("%s", message)
-            self.trust_warning.emit(message)
+        log.warning("%s", message)
+        self.trust_warning.emit(message)
 
     def assessment(self, server: DiscoveredServer) -> trust.Assessment:
         return trust.assess(server, self.pins, self.credentials)
@@ -193,7 +202,8 @@ class DictationController(QObject):
         Runs on the loop thread (probes go over the network)."""
         out: list[Endpoint] = []
         if self.choice.mode == "auto":
-            usable, warnings = trust.automatic(self.discovered, self.pins, self.credentials)
+            usable, warnings = await asyncio.to_thread(
+                trust.automatic, self.discovered, self.pins, self.credentials)
             for warning in warnings:
                 self.warn(warning)
             for a in usable:
@@ -207,10 +217,16 @@ class DictationController(QObject):
                                         fingerprint=a.fingerprint))
                     break
         if self.choice.mode == "remote" and self.choice.url:
-            pin = self.pins.find_by_url(self.choice.url)
-            fingerprint = pin.fingerprint if pin else None
-            token = self.choice.token or (self.credentials.get(pin.server_id) if pin else
-                                          self.credentials.get(url_token_key(self.choice.url)))
+            url = self.choice.url
+            if is_plain_remote(url):  # audio in clear was the user's choice; a token never is
+                self.warn(f"{url} is plain http on another host: no token is sent to it "
+                          "(use https:// and pair with it)")
+                pin, fingerprint, token = None, None, None
+            else:
+                pin = await asyncio.to_thread(self.pins.find_by_url, url)
+                fingerprint = pin.fingerprint if pin else None
+                token = self.choice.token or await asyncio.to_thread(
+                    self.credentials.get, pin.server_id if pin else url_token_key(url))
             try:
                 health = await probe(self.choice.url, fingerprint)
             except PairingError as exc:
@@ -237,7 +253,8 @@ class DictationController(QObject):
             return False
         try:
             endpoints = self.loop.submit(self.choose_endpoints()).result(timeout=10)
-        except TimeoutError:
+        except Exception as exc:  # a slow probe, a broken keyring: this computer still works
+            log.warning("choosing a server failed (%s): using this computer", exc)
             endpoints = [e for e in [self.local_endpoint()] if e is not None]
         if not endpoints:
             self.failed.emit("No server is ready yet: the local model is still loading, "

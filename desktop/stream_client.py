@@ -109,6 +109,9 @@ class StreamClient:
 
     async def _open(self, resume: bool) -> None:
         assert self._http is not None
+        if self.fingerprint and not self.url.startswith("wss://"):
+            raise StreamError("tls_required", f"{self.url} is not wss://: a pinned server "
+                              "is only reached over TLS (nothing was sent)")
         try:
             ws = await self._http.ws_connect(
                 self.url, params={"session": self.session_id}, heartbeat=20.0,

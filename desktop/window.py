@@ -25,9 +25,10 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.capture import AudioSource, CaptureError, MicrophoneSource, list_input_devices
-from desktop.controller import DictationController, ServerChoice, url_token_key
-from desktop.lan.pairing import PairingError, normalise_url
+from desktop.controller import DictationController, ServerChoice
+from desktop.lan.pairing import PairingError, is_plain_remote, normalise_url
 from desktop.lan.pins import format_fingerprint
+from desktop.lan.trust import url_token_key
 from desktop.widgets.history_pane import HistoryPane
 from desktop.widgets.level_meter import LevelMeter
 from desktop.widgets.server_status import ServerStatus
@@ -161,6 +162,9 @@ class MainWindow(QMainWindow):
     def _restore_choices(self) -> None:
         mode = self.settings.value("server/mode", "auto")
         url = self.settings.value("server/url", "")
+        if url and is_plain_remote(url):  # saved before servers spoke TLS off the loopback
+            url = "https://" + url.split("://", 1)[1]
+            self.settings.setValue("server/url", url)
         self._migrate_plaintext_tokens(url)
         if mode == "remote" and url:
             self.controller.choice = ServerChoice("remote", url,
@@ -194,7 +198,7 @@ class MainWindow(QMainWindow):
             self.controller.choice = ServerChoice("remote", url, token)
             self.settings.setValue("server/mode", "remote")
             self.settings.setValue("server/url", url)
-            if token:
+            if token and not is_plain_remote(url):  # never sent over plain http anyway
                 self.controller.credentials.set(url_token_key(url), token)
         else:
             mode = mode or "local"
@@ -209,9 +213,11 @@ class MainWindow(QMainWindow):
             return
         if data[0] == "server":
             _, url, server_id, status, fingerprint = data
-            if status == "mismatch":
+            if status in ("mismatch", "no tls"):
                 self.server_picker.setCurrentIndex(0)
-                self.show_warning(f"Refused {url}: its identity does not match the pairing.")
+                self.show_warning(f"Refused {url}: its identity does not match the pairing."
+                                  if status == "mismatch" else
+                                  f"Refused {url}: a paired server that serves no TLS.")
                 return
             if status == "needs pairing":
                 self._ask_token_and_pair(url, fingerprint or None, server_id)
@@ -266,6 +272,10 @@ class MainWindow(QMainWindow):
             self.show_message(f"Not paired: {exc}")
             if exc.code == "identity_mismatch":
                 self.show_warning(str(exc))
+            return
+        except Exception as exc:  # e.g. the config folder or keyring refused the write
+            self.server_picker.setCurrentIndex(0)
+            self.show_message(f"Not paired: {exc}")
             return
         self.set_server(verified.url)
         self._fill_server_picker(self.controller.discovered)

@@ -20,8 +20,16 @@ from dataclasses import dataclass
 from desktop.lan import trust
 from desktop.lan.credentials import CredentialStore
 from desktop.lan.discovery import DiscoveredServer, browse
-from desktop.lan.pairing import PairingError, normalise_url, pair, probe, remember
+from desktop.lan.pairing import (
+    PairingError,
+    is_plain_remote,
+    normalise_url,
+    pair,
+    probe,
+    remember,
+)
 from desktop.lan.pins import PinStore, format_fingerprint
+from desktop.lan.trust import url_token_key
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,9 @@ def resolve_server(server: str, token: str | None, fingerprint: str | None,
     """`auto`: the best trusted server on the LAN (as the app's Automatic); else a URL,
     pinned and with its stored token when it was paired. Raises ValueError when none."""
     pins, credentials = PinStore(), CredentialStore()
+    if server == "auto" and token:
+        raise ValueError("--token names one server's token; with --server auto each paired "
+                         "server's stored token is used")
     if server == "auto":
         usable, warnings = trust.automatic(discover(timeout), pins, credentials)
         for warning in warnings:
@@ -57,11 +68,17 @@ def resolve_server(server: str, token: str | None, fingerprint: str | None,
                 print(f"earshot: warning: {exc}", file=sys.stderr)
                 continue
             if health is not None:
-                return ServerTarget(candidate.server.url, token or candidate.token,
+                return ServerTarget(candidate.server.url, candidate.token,
                                     candidate.fingerprint, candidate.server.name)
         raise ValueError("no trusted server found on the LAN (pair with one first: "
                          "`earshot servers`, `earshot pair NAME`)")
     url = normalise_url(server)
+    if is_plain_remote(url):
+        if token:
+            raise ValueError(f"{url} is plain http on another host: the token would cross the "
+                             "network in clear; use https:// (servers serve it off the "
+                             "loopback)")
+        return ServerTarget(url, None, None, url)
     pin = pins.find_by_url(url)
     if fingerprint:
         from desktop.lan.pins import normalise_fingerprint
@@ -70,7 +87,7 @@ def resolve_server(server: str, token: str | None, fingerprint: str | None,
     elif pin is not None:
         fingerprint = pin.fingerprint
     if token is None:
-        token = credentials.get(pin.server_id) if pin else credentials.get(f"url {url}")
+        token = credentials.get(pin.server_id if pin else url_token_key(url))
     return ServerTarget(url, token, fingerprint, pin.name if pin else url)
 
 
@@ -128,7 +145,7 @@ def run_pair(args: argparse.Namespace) -> int:
         return 1
     remember(verified, token, pins, credentials)
     if token and not verified.fingerprint:
-        credentials.set(f"url {verified.url}", token)
+        credentials.set(url_token_key(verified.url), token)
     print(f"paired with {verified.name} ({verified.url}), id {verified.server_id}")
     if verified.fingerprint:
         print(f"fingerprint SHA256 {format_fingerprint(verified.fingerprint)}")

@@ -10,9 +10,12 @@ interface. Run it on an asyncio loop (the app's network thread).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import socket
 from dataclasses import dataclass
 
+import ifaddr
 from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
@@ -46,24 +49,43 @@ class DiscoveredServer:
 
 
 def _parse(info: AsyncServiceInfo) -> DiscoveredServer | None:
-    props = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
+    """A record as a server, or None when it is unusable (anyone can send garbage)."""
+    props = {k.decode("utf-8", "replace"): (v or b"").decode("utf-8", "replace")
+             for k, v in info.properties.items()}
     addresses = info.parsed_addresses(IPVersion.V4Only)
     if not addresses or info.port is None:
         return None
+    address = reachable_address(addresses)
     try:
         return DiscoveredServer(
             service=info.name, name=props.get("name") or info.name.split(".")[0],
-            url=f"{'https' if props.get('tls') == '1' else 'http'}://{addresses[0]}:{info.port}",
+            url=f"{'https' if props.get('tls') == '1' else 'http'}://{address}:{info.port}",
             device=props.get("device", "cpu"),
             capacity=int(props.get("capacity", "0")),
             token_required=props.get("token") == "required",
             models=tuple(m for m in props.get("models", "").split(",") if m),
             protocol=int(props.get("protocol", "0")), server_id=props.get("id", ""),
             fingerprint=props.get("fp", "").lower(), tls=props.get("tls") == "1",
-            address=addresses[0],
+            address=address,
             auth=props.get("auth") or ("remote" if props.get("token") == "required" else "none"))
     except ValueError:
         return None  # a malformed record is not a server we can use
+
+
+def reachable_address(addresses: list[str]) -> str:
+    """Of a record's addresses, one on a network this machine is on (a box advertises its
+    VPN and container addresses too), else the first."""
+    try:
+        networks = [ipaddress.ip_network(f"{ip.ip}/{ip.network_prefix}", strict=False)
+                    for adapter in ifaddr.get_adapters() for ip in adapter.ips
+                    if isinstance(ip.ip, str)]
+    except Exception:  # listing interfaces is a nicety here
+        return addresses[0]
+    for address in addresses:
+        with contextlib.suppress(ValueError):
+            if any(ipaddress.ip_address(address) in net for net in networks):
+                return address
+    return addresses[0]
 
 
 async def browse(timeout: float = 2.0,

@@ -59,6 +59,13 @@ class PairingError(RuntimeError):
         self.code = code
 
 
+def is_plain_remote(url: str) -> bool:
+    """A plain http URL of another host: no token may travel to it."""
+    parsed = URL(url)
+    host = parsed.host or ""
+    return parsed.scheme in ("http", "ws") and host != "localhost" and not is_loopback(host)
+
+
 def normalise_url(address: str) -> str:
     """`host:port` or a URL -> a base URL; https unless the host is this machine."""
     address = address.strip().rstrip("/")
@@ -142,10 +149,10 @@ async def pair(url: str, token: str | None, *, expected_fingerprint: str | None 
     if expected_id and server_id != expected_id:
         raise PairingError("identity_mismatch",
                            f"{url} has id {server_id}, not the advertised {expected_id}")
-    if token_required:
-        if not token:
-            raise PairingError("token_required", f"{name} needs its token "
-                               "(`earshot-server token` on the server shows it)")
+    if token_required and not token:
+        raise PairingError("token_required", f"{name} needs its token "
+                           "(`earshot-server token` on the server shows it)")
+    if token:  # whatever the server says it needs: no proof, no token kept or sent
         expected = pairing_proof(token, nonce, server_nonce, server_id, fingerprint)
         if not isinstance(proof, str) or not hmac.compare_digest(proof, expected):
             raise PairingError("wrong_token", f"the token does not match {name}: check "
@@ -156,7 +163,11 @@ async def pair(url: str, token: str | None, *, expected_fingerprint: str | None 
 
 async def probe(url: str, fingerprint: str | None = None, timeout: float = 1.5) -> dict | None:
     """The server's /healthz when it is ready (TLS pinned to `fingerprint`), else None.
-    Raises PairingError("identity_mismatch") when it presents another certificate."""
+    Raises PairingError("identity_mismatch") when it presents another certificate, and
+    ("tls_required") when a pin is given for a plain http URL (it could not be checked)."""
+    if fingerprint and URL(url).scheme != "https":
+        raise PairingError("tls_required", f"{url} is plain http: a pinned server is only "
+                           "reached over https")
     try:
         async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
                     http.get(url.rstrip("/") + "/healthz", ssl=pinned_ssl(fingerprint)) as r):

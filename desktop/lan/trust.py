@@ -6,7 +6,9 @@ as the pins allow:
   impostor (or a server whose identity was replaced): refused with a warning, and its token
   is never sent (`warning` is set);
 - a server with `--auth none` is never chosen automatically (anyone could run one);
-- a server on this machine (loopback address) may be used without pairing;
+- a server on this machine (loopback address) may be used without pairing, with a token
+  given for its address only (a record claiming a paired id is held to that pin, even on
+  loopback);
 - any other server must be paired, serve TLS, and have its token in the credential store;
   the connection then accepts only the pinned certificate.
 `automatic()` ranks the usable ones: GPU first, then most free capacity. Pure functions
@@ -21,6 +23,12 @@ from desktop.lan.credentials import CredentialStore
 from desktop.lan.discovery import DiscoveredServer
 from desktop.lan.pins import PinStore, format_fingerprint
 from edge_server.protocol import PROTOCOL_VERSION
+
+
+def url_token_key(url: str) -> str:
+    """Credential-store key of a token given for an address rather than a pinned server
+    (this machine's servers, reached over plain http)."""
+    return f"url {url.rstrip('/')}"
 
 
 @dataclass(frozen=True)
@@ -51,12 +59,13 @@ def assess(server: DiscoveredServer, pins: PinStore,
         return Assessment(server, False, "incompatible")
     if server.auth == "none" or not server.token_required:
         return Assessment(server, False, "open")
-    token = credentials.get(server.server_id) if server.server_id else None
-    if server.is_loopback:
+    if server.is_loopback and pin is None:  # this machine's, never paired: no pin to hold
+        token = credentials.get(url_token_key(server.url))  # never a paired server's token
         fingerprint = server.fingerprint if server.tls else None
         usable = server.auth == "remote" or token is not None
         return Assessment(server, usable and server.capacity > 0,
                           "local" if usable else "needs pairing", token, fingerprint)
+    token = credentials.get(server.server_id) if server.server_id else None
     if pin is None or token is None:
         return Assessment(server, False, "needs pairing")
     if not server.tls:

@@ -6,13 +6,15 @@ valid for 20 years naming the host). Both survive restarts and upgrades: the app
 id and the certificate's SHA-256 fingerprint when it pairs, and the mDNS record carries
 both. `rotate_identity()` replaces them (paired apps must pair again). The state folder is
 `--state-dir`, else $EARSHOT_SERVER_STATE_DIR, else `<user data dir>/earshot/server`.
-Creation is atomic per file and safe against two servers starting at once (the loser
-reads what the winner wrote). Pure file work: call it before the event loop starts or
+Creation and rotation hold a lock file in the state folder, so two servers starting at
+once share one identity (the second reads what the first wrote); each file is written
+atomically. Pure file work: call it before the event loop starts or
 from a thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import ipaddress
@@ -20,10 +22,16 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+
+try:
+    import fcntl
+except ImportError:  # Windows: one server per state folder is the admin's job there
+    fcntl = None  # type: ignore[assignment]
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,6 +40,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 log = logging.getLogger(__name__)
 STATE_DIR_ENV = "EARSHOT_SERVER_STATE_DIR"
 ID_FILE, CERT_FILE, KEY_FILE = "server-id", "identity-cert.pem", "identity-key.pem"
+LOCK_FILE = ".identity.lock"
 VALID_DAYS = 20 * 365
 
 
@@ -132,10 +141,27 @@ def _new_certificate(server_id: str) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
+@contextlib.contextmanager
+def _creation_lock(folder: Path) -> Iterator[None]:
+    """Serialise identity creation between processes (two servers starting at once)."""
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def load_or_create_identity(state_dir: Path | None = None) -> ServerIdentity:
     """The server's identity, created on first use. Raises ValueError if it is damaged."""
     folder = Path(state_dir) if state_dir else default_state_dir()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _creation_lock(folder):
+        return _load_or_create(folder)
+
+
+def _load_or_create(folder: Path) -> ServerIdentity:
     id_path, cert_path, key_path = folder / ID_FILE, folder / CERT_FILE, folder / KEY_FILE
     if not id_path.exists():
         _write_private(id_path, (secrets.token_hex(8) + "\n").encode())
@@ -163,6 +189,8 @@ def load_or_create_identity(state_dir: Path | None = None) -> ServerIdentity:
 def rotate_identity(state_dir: Path | None = None) -> ServerIdentity:
     """Replace the server id and certificate (every paired app must pair again)."""
     folder = Path(state_dir) if state_dir else default_state_dir()
-    for name in (ID_FILE, CERT_FILE, KEY_FILE):
-        (folder / name).unlink(missing_ok=True)
-    return load_or_create_identity(folder)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _creation_lock(folder):
+        for name in (ID_FILE, CERT_FILE, KEY_FILE):
+            (folder / name).unlink(missing_ok=True)
+        return _load_or_create(folder)

@@ -13,21 +13,28 @@ import json
 import sys
 from pathlib import Path
 
+from edge_server.config import load_settings
 from edge_server.lan.identity import load_or_create_identity, rotate_identity
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="earshot-server identity",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--state-dir", type=Path, help="the server's state folder (default: the "
-                   "user data folder, or $EARSHOT_SERVER_STATE_DIR)")
+    p.add_argument("--config", type=Path, help="the server's TOML config (for its state_dir)")
+    p.add_argument("--state-dir", type=Path, help="the server's state folder (default: "
+                   "state_dir of --config, else $EARSHOT_SERVER_STATE_DIR, else the user "
+                   "data folder)")
     p.add_argument("--rotate-identity", action="store_true",
                    help="replace the id and certificate (paired apps must pair again)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
     try:
-        identity = (rotate_identity(args.state_dir) if args.rotate_identity
-                    else load_or_create_identity(args.state_dir))
+        state_dir = args.state_dir
+        if state_dir is None and args.config is not None:
+            configured = load_settings(args.config, {}).state_dir
+            state_dir = Path(configured) if configured else None
+        identity = (rotate_identity(state_dir) if args.rotate_identity
+                    else load_or_create_identity(state_dir))
     except (OSError, ValueError) as exc:
         print(f"earshot-server identity: error: {exc}", file=sys.stderr)
         return 1

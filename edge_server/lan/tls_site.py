@@ -6,7 +6,9 @@ anything else is plain HTTP, accepted only from a loopback peer (local tools, a 
 proxy on the box) unless `allow_plain_remote` (the admin's logged opt-out). A plain
 request from another host gets `403` with a JSON body `{"error": {"code": "tls_required",
 ...}}` naming the https URL, and the connection is closed. A connection that sends nothing
-within `first_byte_timeout` seconds is closed (slow-loris). Needs a selector event loop
+within `first_byte_timeout` seconds is closed (slow-loris); a refused request is read for
+at most `REFUSAL_READ_S` in all; at most `MAX_UNDECIDED` connections are routed at once
+(more are closed straight away). Needs a selector event loop
 (Linux/macOS: the default); runs on the server's event loop.
 """
 
@@ -27,6 +29,8 @@ from edge_server.lan.auth import is_loopback
 
 log = logging.getLogger(__name__)
 TLS_HANDSHAKE = 0x16
+REFUSAL_READ_S = 3.0  # most time spent reading a plain request before refusing it
+MAX_UNDECIDED = 512  # connections still in their first byte / TLS handshake / refusal
 
 
 class _Listener:
@@ -62,6 +66,7 @@ class LanSite(BaseSite):
         self._allow_plain_remote = allow_plain_remote
         self._first_byte_timeout = first_byte_timeout
         self._routing: set[asyncio.Task] = set()
+        self._routing_slots = asyncio.Semaphore(MAX_UNDECIDED)
         self.port = port
 
     @property
@@ -98,30 +103,37 @@ class LanSite(BaseSite):
             task.add_done_callback(self._routing.discard)
 
     async def _route(self, conn: socket.socket, peer: str) -> None:
+        """Hand the connection to aiohttp (TLS or plain) or refuse it; the socket is closed
+        here on every path that does not reach aiohttp (errors, cancellation included)."""
         loop = asyncio.get_running_loop()
-        conn.setblocking(False)
+        handed_over = False
         try:
-            first = await asyncio.wait_for(self._peek(conn), self._first_byte_timeout)
-        except (TimeoutError, OSError):
-            conn.close()
-            return
-        if not first:
-            conn.close()
-            return
-        tls = first[0] == TLS_HANDSHAKE
-        if not tls and not self._allow_plain_remote and not is_loopback(peer):
-            await self._refuse_plain(conn, peer)
-            return
-        try:
-            await loop.connect_accepted_socket(
-                self._runner.server, conn, ssl=self._ssl_context if tls else None,
-                ssl_handshake_timeout=self._first_byte_timeout if tls else None)
-        except (OSError, ssl.SSLError, TimeoutError) as exc:
-            log.debug("connection from %s failed before HTTP: %s", peer, exc)
-            conn.close()
-        except asyncio.CancelledError:
-            conn.close()
-            raise
+            if self._routing_slots.locked():  # too many undecided connections: shed
+                return
+            async with self._routing_slots:
+                conn.setblocking(False)
+                try:
+                    first = await asyncio.wait_for(self._peek(conn), self._first_byte_timeout)
+                except (TimeoutError, OSError):
+                    return
+                if not first:
+                    return
+                tls = first[0] == TLS_HANDSHAKE
+                if not tls and not self._allow_plain_remote and not is_loopback(peer):
+                    await self._refuse_plain(conn, peer)
+                    return
+                try:
+                    await loop.connect_accepted_socket(
+                        self._runner.server, conn, ssl=self._ssl_context if tls else None,
+                        ssl_handshake_timeout=self._first_byte_timeout if tls else None)
+                    handed_over = True
+                except (OSError, ssl.SSLError, TimeoutError) as exc:
+                    log.debug("connection from %s failed before HTTP: %s", peer, exc)
+        except Exception:  # never let one connection take the accept loop down
+            log.exception("routing a connection from %s failed", peer)
+        finally:
+            if not handed_over:
+                conn.close()
 
     @staticmethod
     async def _peek(conn: socket.socket) -> bytes:
@@ -141,15 +153,15 @@ class LanSite(BaseSite):
         log.info("plain http from %s refused: TLS is required off the loopback", peer)
         with contextlib.suppress(OSError, TimeoutError):
             head = b""
-            while b"\r\n\r\n" not in head and len(head) < 16384:
-                chunk = await asyncio.wait_for(loop.sock_recv(conn, 4096), 2.0)
-                if not chunk:
-                    break
-                head += chunk
+            async with asyncio.timeout(REFUSAL_READ_S):  # in all, however slowly it trickles
+                while b"\r\n\r\n" not in head and len(head) < 16384:
+                    chunk = await loop.sock_recv(conn, 4096)
+                    if not chunk:
+                        break
+                    head += chunk
             host = self._host if self._host not in ("0.0.0.0", "::") else "THIS-SERVER"
             for line in head.split(b"\r\n")[1:]:
                 if line.lower().startswith(b"host:"):
                     host = line[5:].strip().decode("latin-1").rsplit(":", 1)[0] or host
             await loop.sock_sendall(conn, tls_required_response(f"https://{host}:{self.port}"))
             conn.shutdown(socket.SHUT_WR)
-        conn.close()

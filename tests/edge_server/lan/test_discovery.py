@@ -41,3 +41,19 @@ def test_advertised_on_loopback_found_within_2s_and_withdrawn_on_stop():
     finally:
         server.stop()
         watch.close()
+
+
+def test_a_garbled_record_is_skipped_not_fatal():
+    from zeroconf.asyncio import AsyncServiceInfo
+
+    from desktop.lan.discovery import _parse
+
+    info = AsyncServiceInfo(SERVICE_TYPE, f"x.{SERVICE_TYPE}", port=8765,
+                            addresses=[bytes([127, 0, 0, 1])],
+                            properties={b"id": b"\xff\xfe", b"capacity": b"\xff", b"tls": b"1"})
+    assert _parse(info) is None  # capacity is no number: unusable, and nothing raised
+    info = AsyncServiceInfo(SERVICE_TYPE, f"y.{SERVICE_TYPE}", port=8765,
+                            addresses=[bytes([127, 0, 0, 1])],
+                            properties={b"name": b"caf\xe9", b"capacity": b"3"})
+    server = _parse(info)
+    assert server is not None and server.capacity == 3 and server.name.startswith("caf")

@@ -75,3 +75,22 @@ def test_identity_command_shows_and_rotates(tmp_path):
     rotated = subprocess.run([*cmd, "--rotate-identity"], capture_output=True, text=True,
                              check=True).stdout
     assert "pair again" in rotated and shown["server_id"] not in rotated
+
+
+def test_servers_starting_at_once_share_one_identity(tmp_path):
+    cmd = [sys.executable, "-m", "edge_server.cli", "identity", "--json", "--state-dir",
+           str(tmp_path)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    shown = {p.communicate(timeout=60)[0] for p in procs}
+    assert len(shown) == 1  # one id and one certificate, whoever came first
+    identity = load_or_create_identity(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(identity.cert_path, identity.key_path)  # key and cert match
+
+
+def test_identity_command_reads_the_state_dir_of_a_config_file(tmp_path):
+    config = tmp_path / "server.toml"
+    config.write_text(f'state_dir = "{tmp_path / "configured"}"\n')
+    out = subprocess.run([sys.executable, "-m", "edge_server.cli", "identity", "--json",
+                          "--config", str(config)], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["certificate"].startswith(str(tmp_path / "configured"))

@@ -134,6 +134,29 @@ def test_plain_http_from_another_host_is_refused_with_tls_required(netns, lan_se
     assert srv.health()["status"] == "ready"  # over https, from this host
 
 
+TRICKLE_CLIENT = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+started = time.monotonic()
+try:
+    for c in b"GET /healthz HTTP/1.1\\r\\nHost: x\\r\\nX-Slow: " + b"a" * 200:
+        s.send(bytes([c]))
+        time.sleep(0.2)
+except OSError:
+    pass
+print(round(time.monotonic() - started, 1))
+"""
+
+
+def test_a_trickling_plain_request_is_cut_off(netns, lan_server):
+    ns, host_ip = netns
+    srv, _ = lan_server
+    port = srv.url.rsplit(":", 1)[1]
+    seconds = float(in_namespace(ns, "-c", TRICKLE_CLIENT, host_ip, port).stdout)
+    assert seconds < 10  # cut after REFUSAL_READ_S, not after 40 s of trickling
+    assert srv.health()["status"] == "ready"
+
+
 def test_plain_lan_opt_out_is_explicit_and_logged(netns, tmp_path):
     ns, host_ip = netns
     srv = start_server("--noop-engine", "--host", host_ip, "--allow-plain-lan")
