@@ -10,12 +10,22 @@ each with stream-absolute sample positions. Rules:
   and speech continues in a new segment;
 - a segment with less than `min_speech_ms` of speech windows (a click, a cough of
   noise) is dropped: silence and noise alone produce no segment.
-Pure and synchronous; not thread-safe (one per stream). Memory is bounded by
-`max_segment_s` plus the pre-roll.
+Pure and synchronous; not thread-safe (one per stream).
+
+Memory is bounded whatever the input, endless speech included: after every push the
+buffer holds only what a later segment or partial can still need — the open segment
+(at most `max_segment_s`, cut before it grows longer) from its first sample, or, while
+idle, the last `pre_roll_ms` plus one window. Everything before is released after every
+final and every max-length cut, so `held_samples` never exceeds
+`max_segment_s + pre_roll_ms + 2 windows` (64 ms) between pushes, plus the samples of
+one push while it is being processed; the open segment's window probabilities are at most
+`max_segment_s` / 32 ms pairs. Partial audio (`open_segment`, `open_span`) costs in
+proportion to the open segment, never to the stream.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,12 +73,25 @@ class Segment:
 
 
 class AudioBuffer:
-    """Samples [start, end) of a stream held as a list of chunks (no copy per append)."""
+    """Samples [start, end) of a stream held as chunks (no copy per append).
+
+    `drop_before` releases what is no longer needed: whole chunks, and the dropped head
+    of the first chunk too once it is `TRIM_MIN` samples or more (the kept tail is
+    copied, so the array it came from is freed). So `held` stays within `TRIM_MIN` of
+    what was asked to be kept, whatever the chunk sizes. Not thread-safe.
+    """
+
+    TRIM_MIN = 512  # a smaller head is kept rather than copying the chunk's tail
 
     def __init__(self) -> None:
-        self.chunks: list[np.ndarray] = []
+        self.chunks: deque[np.ndarray] = deque()
         self.start = 0
         self.end = 0
+
+    @property
+    def held(self) -> int:
+        """Samples held (end - start)."""
+        return self.end - self.start
 
     def append(self, samples: np.ndarray) -> None:
         if len(samples):
@@ -76,7 +99,10 @@ class AudioBuffer:
             self.end += len(samples)
 
     def slice(self, a: int, b: int) -> np.ndarray:
-        """Samples [a, b) (clamped to what is held)."""
+        """A copy of samples [a, b) (clamped to what is held).
+
+        Walks only the chunks held, so its cost is bounded by `held`, not by the stream.
+        """
         a, b = max(a, self.start), min(b, self.end)
         if b <= a:
             return np.zeros(0, dtype=np.float32)
@@ -91,9 +117,13 @@ class AudioBuffer:
         return np.concatenate(out).astype(np.float32, copy=False)
 
     def drop_before(self, index: int) -> None:
-        """Forget whole chunks that end at or before `index`."""
+        """Forget every sample before `index` (clamped to what is held)."""
+        index = min(index, self.end)
         while self.chunks and self.start + len(self.chunks[0]) <= index:
-            self.start += len(self.chunks.pop(0))
+            self.start += len(self.chunks.popleft())
+        if self.chunks and index - self.start >= self.TRIM_MIN:
+            self.chunks[0] = self.chunks[0][index - self.start :].copy()
+            self.start = index
 
 
 class Segmenter:
@@ -122,6 +152,11 @@ class Segmenter:
         return self.buffer.end
 
     @property
+    def held_samples(self) -> int:
+        """Samples this segmenter holds now (see the module docstring for the bound)."""
+        return self.buffer.held
+
+    @property
     def in_speech(self) -> bool:
         return self._seg_start is not None
 
@@ -129,8 +164,16 @@ class Segmenter:
     def open_segment_id(self) -> int | None:
         return self._next_id if self._seg_start is not None else None
 
+    def open_span(self) -> tuple[int, int, int] | None:
+        """(id, start, end) of the segment still open, without copying its audio."""
+        if self._seg_start is None:
+            return None
+        return self._next_id, self._seg_start, self.buffer.end
+
     def open_segment(self) -> tuple[int, int, np.ndarray] | None:
-        """(id, start, audio so far) of the segment still open, for partial decoding."""
+        """(id, start, audio so far) of the segment still open, for partial decoding.
+
+        Copies the open segment only (at most `max_segment_s` plus one push)."""
         if self._seg_start is None:
             return None
         return self._next_id, self._seg_start, self.buffer.slice(self._seg_start, self.buffer.end)
@@ -154,8 +197,7 @@ class Segmenter:
             w0 = self._windows_done * WINDOW
             self._windows_done += 1
             self._step(w0, float(prob), closed)
-        if self._seg_start is None:
-            self.buffer.drop_before(self.buffer.end - self._pre_roll - WINDOW)
+        self._release()
         return closed
 
     def flush(self) -> list[Segment]:
@@ -163,7 +205,16 @@ class Segmenter:
         closed: list[Segment] = []
         if self._seg_start is not None:
             self._close(self.buffer.end, closed)
+        self._release()
         return closed
+
+    def _release(self) -> None:
+        """Drop the samples no segment can need any more: everything before the open
+        segment, or, while idle, before the pre-roll a segment opening next may take."""
+        if self._seg_start is not None:
+            self.buffer.drop_before(self._seg_start)
+        else:
+            self.buffer.drop_before(self.buffer.end - self._pre_roll - WINDOW)
 
     def _step(self, w0: int, prob: float, closed: list[Segment]) -> None:
         c = self.config
