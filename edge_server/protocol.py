@@ -10,6 +10,7 @@ Binary audio frame: 8-byte little-endian unsigned sequence number, then PCM16 LE
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -21,6 +22,9 @@ STREAM_PATH = "/v1/stream"
 FRAME_HEADER = struct.Struct("<Q")
 SUPPORTED_RATES = (8_000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)
 MAX_SESSION_ID = 128
+MAX_PING_TOKEN = 64  # longest string `t` a pong echoes
+MAX_PING_INT = 2**53  # largest integer `t` a pong echoes (exact in every JSON reader)
+MAX_ERROR_TEXT = 200  # `error.message` is cut to this many characters
 
 
 class ErrorCode(StrEnum):
@@ -40,6 +44,7 @@ class ErrorCode(StrEnum):
     OVERLOADED = "overloaded"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
+    CLIENT_TOO_SLOW = "client_too_slow"  # close reason only: the client does not read
 
 
 class CloseCode(IntEnum):
@@ -53,6 +58,7 @@ class CloseCode(IntEnum):
     SESSION_UNKNOWN = 4411
     FRAME_TOO_LARGE = 4413
     UNSUPPORTED = 4415  # protocol version or audio format
+    CLIENT_TOO_SLOW = 4419  # send queue over its bound; no error message; resumable
     RATE_LIMITED = 4429
     INTERNAL = 4500
     OVERLOADED = 4503
@@ -74,6 +80,7 @@ ERROR_CLOSE = {
     ErrorCode.OVERLOADED: CloseCode.OVERLOADED,
     ErrorCode.SHUTTING_DOWN: CloseCode.GOING_AWAY,
     ErrorCode.INTERNAL: CloseCode.INTERNAL,
+    ErrorCode.CLIENT_TOO_SLOW: CloseCode.CLIENT_TOO_SLOW,
 }
 
 
@@ -143,10 +150,12 @@ def parse_hello(msg: dict) -> Hello:
     if not isinstance(rate, int) or isinstance(rate, bool) or type(channels) is not int:
         raise ProtocolError(ErrorCode.BAD_MESSAGE,
                             "hello: audio.sample_rate and audio.channels must be integers")
+    if not isinstance(encoding, str):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "hello: audio.encoding must be a string")
     if encoding != "pcm_s16le" or channels != 1:
         raise ProtocolError(ErrorCode.UNSUPPORTED_AUDIO,
                             "audio must be pcm_s16le mono (got "
-                            f"{encoding!r}, {channels!r} channels)")
+                            f"{encoding[:40]!r}, {channels} channels)")
     if rate not in SUPPORTED_RATES:
         raise ProtocolError(ErrorCode.UNSUPPORTED_AUDIO,
                             f"sample rate {rate!r} is not supported (supported: "
@@ -181,5 +190,22 @@ def decode_frame(data: bytes, max_payload: int) -> tuple[int, bytes]:
     return seq, payload
 
 
+def ping_token(t: object) -> int | float | str | None:
+    """What a pong echoes of a ping's `t`: an integer up to 2**53, a finite float, or a
+    string of at most MAX_PING_TOKEN characters; anything else becomes null."""
+    if isinstance(t, bool) or t is None:
+        return None
+    if isinstance(t, int):
+        return t if abs(t) <= MAX_PING_INT else None
+    if isinstance(t, float):
+        return t if math.isfinite(t) else None
+    if isinstance(t, str):
+        return t if len(t) <= MAX_PING_TOKEN else None
+    return None
+
+
 def error_message(code: ErrorCode, message: str, fatal: bool = True) -> dict:
+    """An `error` message; `message` is cut to MAX_ERROR_TEXT characters."""
+    if len(message) > MAX_ERROR_TEXT:
+        message = message[: MAX_ERROR_TEXT - 1] + "…"
     return {"type": "error", "code": str(code), "message": message, "fatal": fatal}

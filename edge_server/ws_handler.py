@@ -3,8 +3,11 @@
 Admission happens before the upgrade (HTTP 503 + Retry-After when full, 429 when one
 address holds too many connections). After the upgrade: `hello` within the handshake
 timeout, then frames and `end` until the client leaves or the session has `ended`.
-Outgoing messages go through `WsConnection`, a queue drained by a writer task, so a
-session never waits on a slow client's socket.
+Outgoing messages go through `WsConnection`, a bounded queue drained by a writer task, so
+a session never waits on a slow client's socket: a client that reads too slowly for the
+queue's bound (`max_send_queue_kb`, or `MAX_PENDING_PONGS` unanswered pongs) is closed
+with 4419 and its session is kept for a resume, like any dropped connection.
+Everything here runs on the event loop.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
+from edge_server.background import spawn
 from edge_server.protocol import (
     PROTOCOL_VERSION,
+    CloseCode,
     ErrorCode,
     Hello,
     ProtocolError,
@@ -28,6 +34,7 @@ from edge_server.protocol import (
     error_message,
     parse_hello,
     parse_json,
+    ping_token,
 )
 
 if TYPE_CHECKING:
@@ -38,40 +45,170 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 ACK_INTERVAL_S = 0.2
 MAX_MESSAGE_BYTES = 4 << 20
-_CLOSE = object()
+MAX_PENDING_PONGS = 16  # pongs waiting to be written before the client counts as too slow
+MESSAGE_OVERHEAD = 64  # bytes counted per queued message on top of its JSON text
+SLOW_CLOSE_GRACE_S = 10.0  # a too-slow client's close frame must be read within this
+WRITER_GRACE_S = 5.0  # after the handler ends, undelivered messages may take this long
 SERVER_KEY: web.AppKey = web.AppKey("earshot_server", object)
 
 
-class WsConnection:
-    """Outgoing half of one client WebSocket."""
+class _Outgoing:
+    """One queued message: its text, the bytes it counts against the bound, its kind."""
 
-    def __init__(self, ws: web.WebSocketResponse, peer: str) -> None:
+    __slots__ = ("kind", "size", "text")
+
+    def __init__(self, text: str, size: int, kind: str) -> None:
+        self.text = text
+        self.size = size
+        self.kind = kind  # "ack", "pong", "msg" or "close"
+
+
+class WsConnection:
+    """Outgoing half of one client WebSocket: a bounded queue and the task that writes it.
+
+    `send()` never waits. Messages queued while `bounded` is False (the `ready` and the
+    finals re-sent on resume, whose size is the session's own) do not count; afterwards the
+    JSON text of the queued messages (+ `MESSAGE_OVERHEAD` each) may not exceed
+    `max_queue_bytes`, and at most `MAX_PENDING_PONGS` pongs may wait. Past either bound the
+    client is not reading: the queue is dropped, the socket closed with 4419
+    (`client_too_slow`, no `error` message: it could not be delivered before the backlog) and
+    `too_slow` says why. Acks coalesce: a queued ack is updated in place, never doubled.
+    Event loop only.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, peer: str, max_queue_bytes: int,
+                 transport: asyncio.BaseTransport | None = None) -> None:
         self.ws = ws
         self.peer = peer
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.max_queue_bytes = max_queue_bytes
+        self.transport = transport
+        self.bounded = False
         self.closing = False
+        self.too_slow: str | None = None
+        self.queued_bytes = 0
+        self.pending_pongs = 0
+        self._items: deque[_Outgoing] = deque()
+        self._ack: _Outgoing | None = None  # the ack waiting in the queue, if any
+        self._wake = asyncio.Event()
+        self._closer: asyncio.Task | None = None
+        self._close_code = 1000
         self.writer = asyncio.get_running_loop().create_task(self._write())
 
+    # ---- queueing ----------------------------------------------------------------------
     def send(self, message: dict) -> None:
-        if not self.closing:
-            self.queue.put_nowait(json.dumps(message, separators=(",", ":")))
+        self._put(json.dumps(message, separators=(",", ":")), "msg")
+
+    def send_ack(self, seq: int) -> None:
+        """Acknowledge frames up to `seq`; replaces an ack still waiting in the queue."""
+        text = json.dumps({"type": "ack", "seq": seq}, separators=(",", ":"))
+        if self._ack is not None and not self.closing:
+            if self.bounded:
+                self.queued_bytes += len(text) - len(self._ack.text)
+                self._ack.size += len(text) - len(self._ack.text)
+            self._ack.text = text
+            return
+        self._ack = self._put(text, "ack")
+
+    def send_pong(self, t: object) -> None:
+        """Answer a ping with its token; a client with too many pongs unread is too slow."""
+        if self.closing:
+            return
+        if self.pending_pongs >= MAX_PENDING_PONGS:
+            self.give_up(f"{MAX_PENDING_PONGS} pongs not yet read")
+            return
+        if self._put(json.dumps({"type": "pong", "t": t}, separators=(",", ":")), "pong"):
+            self.pending_pongs += 1
+
+    def _put(self, text: str, kind: str) -> _Outgoing | None:
+        if self.closing:
+            return None
+        size = len(text) + MESSAGE_OVERHEAD if self.bounded else 0
+        if self.queued_bytes + size > self.max_queue_bytes:
+            self.give_up(f"more than {self.max_queue_bytes // 1024} KB waiting to be sent")
+            return None
+        item = _Outgoing(text, size, kind)
+        self.queued_bytes += size
+        self._items.append(item)
+        self._wake.set()
+        return item
 
     def close(self, code: int, reason: str = "") -> None:
+        """Close after the queued messages have been written."""
         if not self.closing:
             self.closing = True
-            self.queue.put_nowait((_CLOSE, code, reason))
+            self._close_code = code
+            self._items.append(_Outgoing(reason, 0, "close"))
+            self._wake.set()
 
+    def give_up(self, why: str) -> None:
+        """The client reads too slowly: drop the queue, close with 4419 now."""
+        if self.closing:
+            return
+        self.closing = True
+        self.too_slow = why
+        self._items.clear()
+        self._ack = None
+        self.queued_bytes = self.pending_pongs = 0
+        self._wake.set()  # the writer ends (or ends its current write first)
+        self._closer = spawn(self._close_slow(f"client too slow: {why}"), "ws-close-slow")
+
+    # ---- writing -----------------------------------------------------------------------
     async def _write(self) -> None:
         try:
             while True:
-                item = await self.queue.get()
-                if isinstance(item, tuple) and item[0] is _CLOSE:
-                    reason = item[2].encode()[:120].decode("utf-8", "ignore").encode()
-                    await self.ws.close(code=item[1], message=reason)
+                while not self._items:
+                    if self.too_slow is not None:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                item = self._items.popleft()
+                self.queued_bytes -= item.size
+                if item is self._ack:
+                    self._ack = None
+                elif item.kind == "pong":
+                    self.pending_pongs -= 1
+                elif item.kind == "close":
+                    await self.ws.close(code=self._close_code, message=_reason(item.text))
                     return
-                await self.ws.send_str(item)
+                await self.ws.send_str(item.text)
         except (ConnectionError, RuntimeError):
             return
+
+    async def _close_slow(self, reason: str) -> None:
+        """Queue the 4419 close frame behind what the socket already holds; reset the
+        connection if the client has not taken it within SLOW_CLOSE_GRACE_S."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SLOW_CLOSE_GRACE_S
+        with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
+            await asyncio.wait_for(
+                self.ws.close(code=CloseCode.CLIENT_TOO_SLOW, message=_reason(reason),
+                              drain=False), SLOW_CLOSE_GRACE_S)
+        while (self.transport is not None and self.transport.get_write_buffer_size()
+               and loop.time() < deadline):
+            await asyncio.sleep(0.1)
+        self._abort_if_stuck()
+
+    def _abort_if_stuck(self) -> None:
+        """Reset the TCP connection if bytes are still waiting in our buffer (the client
+        stopped reading); what the kernel already holds is its business."""
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size():
+            transport.abort()
+
+    async def finish(self) -> None:
+        """After the handler: let queued messages go out, then reset a stuck socket."""
+        self.close(1000)
+        tasks = {t for t in (self.writer, self._closer) if t is not None}
+        await asyncio.wait(tasks, timeout=WRITER_GRACE_S + (
+            SLOW_CLOSE_GRACE_S if self._closer is not None else 0))
+        if not self.writer.done():  # stuck behind a client that does not read
+            self._abort_if_stuck()
+            await asyncio.wait({self.writer}, timeout=1.0)
+
+
+def _reason(text: str) -> bytes:
+    """A close reason: at most 120 bytes of UTF-8 (the frame allows 123)."""
+    return text.encode()[:120].decode("utf-8", "ignore").encode()
 
 
 def _refuse(status: int, code: ErrorCode, message: str, retry_after: int) -> web.Response:
@@ -102,7 +239,7 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     server.connections_per_ip[peer] = server.connections_per_ip.get(peer, 0) + 1
-    conn = WsConnection(ws, str(client))
+    conn = WsConnection(ws, str(client), settings.max_send_queue_kb * 1024, request.transport)
     session: Session | None = None
     try:
         hello = await _receive_hello(ws, settings.handshake_timeout_s)
@@ -126,13 +263,16 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
         conn.close(4500, "internal error")
     finally:
         if session is not None:
-            session.detach(conn)
-        server.connections_per_ip[peer] -= 1
-        if not server.connections_per_ip[peer]:
-            del server.connections_per_ip[peer]
-        conn.close(1000)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.writer, 5)
+            session.detach(conn)  # kept for a resume (also after `client_too_slow`)
+        if conn.too_slow is not None:
+            server.stats["slow_clients"] += 1
+            log.info("closing %s: client too slow (%s)", client, conn.too_slow)
+        try:
+            await conn.finish()
+        finally:
+            server.connections_per_ip[peer] -= 1
+            if not server.connections_per_ip[peer]:
+                del server.connections_per_ip[peer]
     return ws
 
 
@@ -174,6 +314,7 @@ def _open_session(server: EdgeServer, hello: Hello, conn: WsConnection,
                "server": server.describe(),
                "partial_interval_ms": server.settings.partial_interval_ms})
     session.attach(conn, hello.last_final)
+    conn.bounded = True  # the ready and re-sent finals above are the session's own size
     return session
 
 
@@ -204,17 +345,18 @@ async def _serve(server: EdgeServer, session: Session, conn: WsConnection,
             now = time.monotonic()
             if session.next_seq - 1 > acked and now - last_ack >= ACK_INTERVAL_S:
                 acked, last_ack = session.next_seq - 1, now
-                conn.send({"type": "ack", "seq": acked})
+                conn.send_ack(acked)
         elif msg.type == WSMsgType.TEXT:
             body = parse_json(msg.data)
             if body["type"] == "end":
                 if session.next_seq - 1 > acked:
                     acked = session.next_seq - 1
-                    conn.send({"type": "ack", "seq": acked})
+                    conn.send_ack(acked)
                 async with session.lock:
                     await session.end()
             elif body["type"] == "ping":
-                conn.send({"type": "pong", "t": body.get("t")})
+                conn.send_pong(ping_token(body.get("t")))
+                await asyncio.sleep(0)  # let the writer take it: only an unread socket stalls
             else:
                 raise ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown message type {body['type']!r}")
         elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):

@@ -40,7 +40,9 @@ class RequestError(Exception):
 
 # ---- events ---------------------------------------------------------------------------
 def _length(header: dict, key: str, limit: int) -> int:
-    value = header.get(key) or 0
+    value = header.get(key)
+    if value is None:
+        return 0
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise BadEvent(f"{key} must be a non-negative integer")
     if value > limit:
@@ -51,7 +53,7 @@ def _length(header: dict, key: str, limit: int) -> int:
 def _json_object(raw: bytes, what: str) -> dict:
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # also bad UTF-8, huge integers, deep nesting
         raise BadEvent(f"{what} is not JSON") from None
     if not isinstance(value, dict):
         raise BadEvent(f"{what} is not a JSON object")
@@ -73,7 +75,9 @@ async def read_event(reader: asyncio.StreamReader) -> Event | None:
     header = _json_object(line, "event header")
     if not isinstance(header.get("type"), str):
         raise BadEvent("event has no type")
-    data = header.get("data") or {}
+    data = header.get("data")
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise BadEvent("event data is not a JSON object")
     data_length = _length(header, "data_length", MAX_DATA_BYTES)

@@ -5,8 +5,10 @@ from edge_server.protocol import (
     ProtocolError,
     decode_frame,
     encode_frame,
+    error_message,
     parse_hello,
     parse_json,
+    ping_token,
 )
 
 HELLO = {"type": "hello", "protocol": 1, "session": "abc",
@@ -31,6 +33,11 @@ def test_hello_defaults():
         ({"audio": {"encoding": "opus"}}, ErrorCode.UNSUPPORTED_AUDIO),
         ({"type": "end"}, ErrorCode.BAD_MESSAGE),
         ({"resume": "yes"}, ErrorCode.BAD_MESSAGE),
+        ({"audio": {"encoding": None}}, ErrorCode.BAD_MESSAGE),
+        ({"audio": {"encoding": ["pcm_s16le"]}}, ErrorCode.BAD_MESSAGE),
+        ({"token": 5}, ErrorCode.BAD_MESSAGE),
+        ({"last_final": True}, ErrorCode.BAD_MESSAGE),
+        ({"protocol": 10**50}, ErrorCode.UNSUPPORTED_VERSION),
     ],
 )
 def test_bad_hello(change, code):
@@ -54,3 +61,25 @@ def test_frames_round_trip_and_limits():
 def test_parse_json_rejects(text):
     with pytest.raises(ProtocolError):
         parse_json(text)
+
+
+@pytest.mark.parametrize(
+    ("t", "echoed"),
+    [
+        (12.5, 12.5), (0, 0), (-(2**53), -(2**53)), (2**53 + 1, None), (10**100, None),
+        (float("nan"), None), (float("inf"), None), ("x" * 64, "x" * 64), ("x" * 65, None),
+        ("", ""), (True, None), (None, None), ([1], None), ({"t": 1}, None),
+    ],
+)
+def test_pong_echoes_only_a_small_token(t, echoed):
+    assert ping_token(t) == echoed and type(ping_token(t)) is type(echoed)
+
+
+def test_error_text_is_bounded_and_too_slow_closes_with_4419():
+    msg = error_message(ErrorCode.UNSUPPORTED_AUDIO, "y" * 10_000)
+    assert len(msg["message"]) == 200 and msg["fatal"] is True
+    assert ProtocolError(ErrorCode.CLIENT_TOO_SLOW, "x").close_code == 4419
+    with pytest.raises(ProtocolError) as err:
+        parse_hello({**HELLO, "audio": {"encoding": "x" * 100_000}})
+    assert err.value.code == ErrorCode.UNSUPPORTED_AUDIO
+    assert len(error_message(err.value.code, err.value.message)["message"]) <= 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 import uuid
 
 import aiohttp
@@ -226,3 +227,30 @@ def test_metrics_parse_as_prometheus_text(server):
                  "earshot_batch_decode_seconds"):
         assert name in families, name
     assert len(finals) == 2
+
+
+def test_acks_are_coalesced_and_cover_every_frame(server):
+    """A burst of frames gets acks at most every 200 ms (plus the one `end` forces), each
+    above the previous, the last one naming the last frame; pongs answer pings in between."""
+    pcm = float_to_pcm16(np.zeros(16_000 * 20, np.float32))
+    frames = [encode_frame(i, pcm[o : o + 3200]) for i, o in enumerate(range(0, len(pcm), 3200))]
+
+    async def go():
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+                server.url + "/v1/stream") as ws:
+            await ws.send_str(hello())
+            started = time.monotonic()
+            for i, frame in enumerate(frames):
+                await ws.send_bytes(frame)
+                if i % 20 == 0:
+                    await ws.send_str(json.dumps({"type": "ping", "t": i}))
+            await ws.send_str(json.dumps({"type": "end"}))
+            msgs = [json.loads(m.data) async for m in ws if m.type == aiohttp.WSMsgType.TEXT]
+            return msgs, time.monotonic() - started, ws.close_code
+
+    msgs, elapsed, close = run(go())
+    acks = [m["seq"] for m in msgs if m["type"] == "ack"]
+    assert acks == sorted(set(acks)) and acks[-1] == len(frames) - 1
+    assert len(acks) <= 2 + elapsed / 0.2, (len(acks), elapsed)
+    assert [m["t"] for m in msgs if m["type"] == "pong"] == list(range(0, len(frames), 20))
+    assert msgs[-1]["type"] == "ended" and close == 1000
