@@ -3,8 +3,12 @@
 Contract of every `AudioSource`:
 - `start(on_audio, on_end)` opens the source (raising `CaptureError`, with a one-line message
   fit to show a user, when it cannot) and spawns the source's own worker thread;
-- `on_audio(chunk)` receives 16 kHz mono float32 chunks, in order, with no gaps other than
-  those counted in `overruns`;
+- `on_audio(chunk)` receives 16 kHz mono float32 chunks, in order, without gaps: audio the
+  sound system lost (an input overflow, a block dropped because the worker fell behind) is
+  delivered as silence of the same length, so sample positions stay true to wall-clock
+  time. `overruns` counts such losses and `lost_samples` the silence put in their place
+  (16 kHz samples; `lost_ms` in milliseconds); both may be read from any thread while
+  capturing;
 - `on_end()` is called exactly once per `start()`: when a finite source is exhausted, when
   the source fails (then `error` says why), or after `stop()`;
 - `stop()` is idempotent and returns once the worker thread has exited (joined with a
@@ -50,8 +54,12 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 2.0
 SILENCE_DBFS = -100.0
 # Blocks the PortAudio callback may queue ahead of the worker: seconds of audio at the
-# usual host block sizes (256-2048 frames). Beyond that, blocks are dropped and counted.
+# usual host block sizes (256-2048 frames). Beyond that, blocks are dropped, counted, and
+# replaced by silence of their length.
 MAX_QUEUED_BLOCKS = 500
+# Longest silence put in for one input overflow: a longer gap in the host's timestamps is
+# taken as a clock jump rather than lost audio.
+MAX_GAP_S = 10.0
 _POLL_S = 0.05
 
 AudioCallback = Callable[[np.ndarray], None]
@@ -164,7 +172,8 @@ class AudioSource(ABC):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.overruns = 0
+        self.overruns = 0  # losses by the sound system since start()
+        self.lost_samples = 0  # 16 kHz samples of silence delivered in their place
         self.error: str | None = None
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
@@ -183,6 +192,7 @@ class AudioSource(ABC):
                 raise CaptureError(f"{self.name} is already capturing")
             self._stop_event.clear()
             self.overruns = 0
+            self.lost_samples = 0
             self.error = None
             self._open()
             self._thread = threading.Thread(
@@ -204,6 +214,25 @@ class AudioSource(ABC):
         thread.join(timeout)
         if thread.is_alive():
             log.warning("%s: worker thread did not exit within %.1f s", self.name, timeout)
+
+    @property
+    def lost_ms(self) -> float:
+        """Milliseconds of audio the sound system lost since start() (delivered as silence)."""
+        return self.lost_samples * 1000 / SAMPLE_RATE
+
+    def _deliver_silence(self, chunker: Chunker, on_audio: AudioCallback, samples: int,
+                         *, count: bool = True) -> None:
+        """Worker thread: put `samples` (16 kHz) of silence in place of lost audio, through
+        `chunker`, in pieces of at most one second (bounded memory); `count` it as one
+        overrun (False: the caller counted the loss already)."""
+        if count:
+            self.overruns += 1
+        while samples > 0:
+            n = min(samples, SAMPLE_RATE)
+            self.lost_samples += n
+            samples -= n
+            for chunk in chunker.push(np.zeros(n, np.float32)):
+                on_audio(chunk)
 
     def _work(self, on_audio: AudioCallback, on_end: EndCallback | None) -> None:
         try:
@@ -286,11 +315,28 @@ class FileSource(AudioSource):
         return True
 
 
+def _adc_time(time_info: Any) -> float | None:
+    """The block's capture time (PortAudio `inputBufferAdcTime`), None where the host
+    does not report one (0, or no time info)."""
+    try:
+        adc = float(time_info.inputBufferAdcTime)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return adc if adc > 0 and math.isfinite(adc) else None
+
+
 class MicrophoneSource(AudioSource):
     """A PortAudio input device, at its default rate and channel count, as 16 kHz mono.
 
     `device` is a PortAudio index, a (part of a) device name, or None for the system default.
     `on_audio` receives `block_ms` chunks (the last one, after stop(), may be shorter).
+
+    Lost audio becomes silence of its length (see the module contract): a block the full
+    queue could not take is counted in the PortAudio callback and replaced, before the next
+    block that gets through (or at the end), by as many frames of silence; a block flagged
+    `input_overflow` is preceded by the gap the host's input timestamps show
+    (`inputBufferAdcTime`, at most MAX_GAP_S), or, where the host gives no timestamps, by
+    one block of silence as an estimate.
     """
 
     def __init__(self, device: int | str | None = None, block_ms: int = 100) -> None:
@@ -302,7 +348,9 @@ class MicrophoneSource(AudioSource):
         self.source_rate: float | None = None
         self.source_channels: int | None = None
         self._stream: Any = None
-        self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=MAX_QUEUED_BLOCKS)
+        self._queue: queue.Queue[tuple[int, np.ndarray]] = queue.Queue(maxsize=MAX_QUEUED_BLOCKS)
+        self._dropped_frames = 0  # PortAudio thread: frames lost since the last queued block
+        self._next_adc: float | None = None  # PortAudio thread: expected time of next block
         self._stream_finished = threading.Event()  # PortAudio says the stream has ended
         self._halted = threading.Event()  # we have stopped and closed the stream
         self._stream_lock = threading.Lock()
@@ -310,6 +358,8 @@ class MicrophoneSource(AudioSource):
     def _open(self) -> None:
         sd = _sounddevice()
         self._queue = queue.Queue(maxsize=MAX_QUEUED_BLOCKS)
+        self._dropped_frames = 0
+        self._next_adc = None
         self._stream_finished.clear()
         self._halted.clear()
         try:
@@ -351,13 +401,24 @@ class MicrophoneSource(AudioSource):
             self.name = str(sd.query_devices(stream.device)["name"])
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        """PortAudio thread: copy the block and return at once (never blocks)."""
+        """PortAudio thread: copy the block and return at once (never blocks). Frames lost
+        before this block travel with it: the worker puts silence of that length first."""
+        adc = _adc_time(time_info)
         if status is not None and status.input_overflow:
             self.overruns += 1
+            gap = frames  # the host keeps no time: assume one block was lost
+            if adc is not None and self._next_adc is not None and self.source_rate:
+                gap = round((adc - self._next_adc) * self.source_rate)
+                gap = max(0, min(gap, round(MAX_GAP_S * self.source_rate)))
+            self._dropped_frames += gap
+        if adc is not None and self.source_rate:
+            self._next_adc = adc + frames / self.source_rate
         try:
-            self._queue.put_nowait(indata.copy())
+            self._queue.put_nowait((self._dropped_frames, indata.copy()))
+            self._dropped_frames = 0
         except queue.Full:
             self.overruns += 1
+            self._dropped_frames += frames
 
     def _halt(self) -> None:
         with self._stream_lock:
@@ -388,13 +449,37 @@ class MicrophoneSource(AudioSource):
                         f"microphone {self.name!r} stopped delivering audio"
                     ) from None
                 continue
+            lost, block = block
+            if lost:
+                self._silence(lost, rate, resampler, chunker, on_audio)
             mono = to_mono(block)
             out = mono if resampler is None else resampler.resample_chunk(mono)
             for chunk in chunker.push(out):
                 on_audio(chunk)
+        if self._dropped_frames:  # blocks dropped after the last one queued
+            self._silence(self._dropped_frames, rate, resampler, chunker, on_audio)
+            self._dropped_frames = 0
         if resampler is not None:
             for chunk in chunker.push(resampler.resample_chunk(np.zeros(0, np.float32), last=True)):
                 on_audio(chunk)
         rest = chunker.flush()
         if rest is not None:
             on_audio(rest)
+
+    def _silence(self, frames: int, rate: float, resampler: Any, chunker: Chunker,
+                 on_audio: AudioCallback) -> None:
+        """Worker thread: `frames` lost at the device rate become silence at 16 kHz. With a
+        resampler the zeros go through it (its state stays continuous); `lost_samples` grows
+        by the nominal 16 kHz length. (The PortAudio callback counted the overrun.)"""
+        if resampler is None:
+            self._deliver_silence(chunker, on_audio, frames, count=False)
+            return
+        left = frames
+        step = max(1, round(rate))
+        while left > 0:
+            n = min(left, step)
+            left -= n
+            out = resampler.resample_chunk(np.zeros(n, np.float32))
+            self.lost_samples += round(n * SAMPLE_RATE / rate)
+            for chunk in chunker.push(out):
+                on_audio(chunk)

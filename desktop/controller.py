@@ -2,9 +2,11 @@
 
 `DictationController` is a QObject living on the GUI thread. It starts the embedded local
 server, chooses endpoints (a configured remote server first when healthy, the local
-server last), and runs one `Dictation` at a time on a `LoopThread`. Audio arrives on the
-capture source's thread: it is journaled there and handed to the loop; results come back
-from the loop as queued Qt signals, so slots (history writes, widgets) run on the GUI thread.
+server last), and runs one `Dictation` at a time on a `LoopThread`. Nothing that waits on
+the network runs on the GUI thread: probes and connecting happen on the loop, and their
+outcome comes back as queued signals. Audio arrives on the capture source's thread: it is
+journaled there and handed to the loop; results come back from the loop as queued Qt
+signals, so slots (history writes, widgets) run on the GUI thread.
 """
 
 from __future__ import annotations
@@ -99,8 +101,11 @@ class DictationController(QObject):
     local_server = Signal(str)  # embedded server status: starting | ready | failed: ...
     servers_found = Signal(list)  # list[DiscoveredServer], best first
     trust_warning = Signal(str)  # a server refused as an impostor, an insecure token store
-    _source_ended = Signal()
+    start_failed = Signal(str)  # a start() that did not connect (after `failed`)
+    audio_lost = Signal(float)  # ms of audio the sound system lost in this dictation (silence)
+    _source_ended = Signal(object)  # from the capture thread: the AudioSource that ended
     _finish_done = Signal(int, bool)  # from the loop thread: dictation id, all transcribed
+    _start_result = Signal(object, str, str)  # from the loop: Dictation, server name, error
 
     def __init__(self, history: History, journal: Journal, model: str | None = None,
                  pins: PinStore | None = None,
@@ -117,10 +122,18 @@ class DictationController(QObject):
         self.writer: JournalWriter | None = None
         self.samples = 0
         self.overruns = 0
+        self.lost_ms = 0.0  # audio the sound system lost in the current dictation
+        self.last_complete = True  # whether the last dictation got text for every segment
+        self.choose_timeout_s = 10.0  # probing candidate servers, at start
+        self.start_timeout_s = 15.0  # connecting to one of them, at start
+        self._title: str | None = None
+        self._connected = False
+        self._start_future: Future | None = None
         self._started_at = 0.0
         self._stopping = False
-        self._source_ended.connect(self.stop)
+        self._source_ended.connect(self._on_source_ended)
         self._finish_done.connect(self._complete)
+        self._start_result.connect(self._on_start_result)
         self.final.connect(self._store_final)
         self._poll = QTimer(self)
         self._poll.timeout.connect(self._check_embedded)
@@ -245,86 +258,160 @@ class DictationController(QObject):
     # ---- dictation -------------------------------------------------------------------------
     @property
     def is_recording(self) -> bool:
+        """True from an accepted start() until `finished` or `start_failed`: connecting,
+        capturing or finishing."""
         return self.dictation is not None
 
+    @property
+    def is_connecting(self) -> bool:
+        """True while a started dictation is still choosing and connecting to a server."""
+        return self.dictation is not None and not self._connected
+
     def start(self, source: AudioSource, title: str | None = None) -> bool:
-        """Begin a dictation from `source`. Returns False (and emits `failed`) if it cannot."""
+        """Begin a dictation from `source`. GUI thread; returns at once, blocking on nothing.
+
+        False when a dictation is already running (no signal), or when the source cannot
+        start (`failed`, then `start_failed`, emitted before it returns). Otherwise capture
+        begins now -- journaled and buffered, so what is said while connecting is kept --
+        and the servers are probed and connected on the loop thread; the outcome arrives
+        later as a queued signal: `recording(True)`, or `failed(message)` then
+        `start_failed(message)`. A start that has no server within `choose_timeout_s`
+        (choosing) + `start_timeout_s` (connecting) is cancelled: its tasks and connections
+        are closed, capture stops, its journal entry is deleted (no history row exists
+        before it connects).
+        """
         if self.dictation is not None:
             return False
-        try:
-            endpoints = self.loop.submit(self.choose_endpoints()).result(timeout=10)
-        except Exception as exc:  # a slow probe, a broken keyring: this computer still works
-            log.warning("choosing a server failed (%s): using this computer", exc)
-            endpoints = [e for e in [self.local_endpoint()] if e is not None]
-        if not endpoints:
-            self.failed.emit("No server is ready yet: the local model is still loading, "
-                             "or it failed (see the status line).")
-            return False
-        journal_id = uuid.uuid4().hex
-        self.writer = self.journal.open(journal_id)
-        self.dictation_id = self.history.start_dictation(
-            title=title, server=endpoints[0].name, audio_path=str(self.writer.entry.pcm_path))
-        self.dictation = Dictation(endpoints, _Bridge(self))
-        future = self.loop.submit(self.dictation.start())
-        try:
-            future.result(timeout=15)
-        except (DictationFailed, TimeoutError) as exc:
-            self._abandon(f"Could not start: {exc}")
-            return False
+        self.writer = self.journal.open(uuid.uuid4().hex)
+        self.dictation = Dictation(None, _Bridge(self))
+        self.dictation_id = None
+        self._title = title
+        self._connected = False
+        self._stopping = False
         self.samples = 0
         self.overruns = 0
-        self._stopping = False
+        self.lost_ms = 0.0
         self._started_at = time.monotonic()
         self.source = source
-        try:
-            source.start(self._on_audio, self._on_source_end)
+        writer, dictation = self.writer, self.dictation
+        try:  # callbacks bound to this dictation: a late one from an older source is ignored
+            source.start(lambda chunk: self._on_audio(chunk, source, writer, dictation),
+                         lambda: self._source_ended.emit(source))
         except CaptureError as exc:
-            self.loop.submit(self.dictation.abort())
-            self._abandon(str(exc))
+            self._abandon_start(str(exc))
             return False
-        self.recording.emit(True)
+        self.state.emit("connecting", "", "", "choosing a server")
+        self._start_future = self.loop.submit(self._connect(self.dictation))
         return True
 
-    def _abandon(self, message: str) -> None:
-        if self.writer is not None:
-            self.writer.close(status="failed")
-        if self.dictation_id is not None:
-            self.history.delete(self.dictation_id)
+    async def _connect(self, dictation: Dictation) -> None:
+        """Loop thread: choose the endpoints and connect, within the time limits; report
+        the outcome with `_start_result` (before any final of the dictation is emitted)."""
+        try:
+            try:
+                endpoints = await asyncio.wait_for(self.choose_endpoints(),
+                                                   self.choose_timeout_s)
+            except Exception as exc:  # a slow probe, a broken keyring: this computer still works
+                log.warning("choosing a server failed (%r): using this computer", exc)
+                endpoints = [e for e in [self.local_endpoint()] if e is not None]
+            if not endpoints:
+                raise DictationFailed("No server is ready yet: the local model is still "
+                                      "loading, or it failed (see the status line).")
+            await asyncio.wait_for(dictation.start(endpoints), self.start_timeout_s)
+        except asyncio.CancelledError:
+            await dictation.abort()
+            raise
+        except Exception as exc:
+            await dictation.abort()
+            if isinstance(exc, TimeoutError):
+                message = (f"Could not start: no server answered within "
+                           f"{self.start_timeout_s:g} s.")
+            elif isinstance(exc, DictationFailed) and str(exc).startswith("No server"):
+                message = str(exc)
+            else:
+                message = f"Could not start: {exc}"
+            self._start_result.emit(dictation, "", message)
+            return
+        endpoint = dictation.endpoint
+        self._start_result.emit(dictation, endpoint.name if endpoint else "?", "")
+
+    def _on_start_result(self, dictation: Dictation, server: str, error: str) -> None:
+        if dictation is not self.dictation:
+            return  # shut down meanwhile
+        if error:
+            self._abandon_start(error)
+            return
+        self._connected = True
+        assert self.writer is not None
+        self.dictation_id = self.history.start_dictation(
+            title=self._title, server=server, audio_path=str(self.writer.entry.pcm_path))
+        self.recording.emit(True)
+        if self._stopping:  # stopped (or the file ended) while connecting
+            self._finish()
+
+    def _abandon_start(self, message: str) -> None:
+        """A start that did not connect: stop capture, delete its journal entry, say why."""
+        source, writer = self.source, self.writer
         self.dictation = None
-        self.dictation_id = None
+        self.source = None
         self.writer = None
+        self.dictation_id = None
+        if source is not None:
+            source.stop()
+        if writer is not None:
+            writer.close(status=None)
+            self.journal.discard(writer.entry.id)
         self.failed.emit(message)
+        self.start_failed.emit(message)
 
-    def _on_audio(self, chunk: np.ndarray) -> None:  # capture thread
-        if self.writer is not None:
-            self.writer.append(chunk)
+    def _on_audio(self, chunk: np.ndarray, source: AudioSource, writer: JournalWriter,
+                  dictation: Dictation) -> None:  # capture thread
+        if source is not self.source:
+            return  # an abandoned dictation's source, still winding down
+        try:
+            writer.append(chunk)
+        except ValueError:  # closed meanwhile: the dictation was abandoned
+            return
         self.samples += len(chunk)
-        dictation = self.dictation
-        if dictation is not None:
-            self.loop.call(dictation.feed, chunk)
+        self.loop.call(dictation.feed, chunk)
         self.level.emit(level_dbfs(chunk))
+        if source.lost_ms != self.lost_ms:
+            self.lost_ms = source.lost_ms
+            self.overruns = source.overruns
+            self.audio_lost.emit(self.lost_ms)
 
-    def _on_source_end(self) -> None:  # capture thread
-        self._source_ended.emit()
+    def _on_source_ended(self, source: AudioSource) -> None:
+        if source is self.source:  # not a late end of an abandoned dictation's source
+            self.stop()
 
     def stop(self) -> None:
-        """Stop capturing and finish the dictation (results keep arriving until `finished`)."""
+        """Stop capturing and finish the dictation (results keep arriving until `finished`).
+        While still connecting, capture stops now and the dictation finishes once connected."""
         if self.dictation is None or self._stopping:
             return
         self._stopping = True
         if self.source is not None:
             self.source.stop()
             self.overruns = self.source.overruns
+            self.lost_ms = self.source.lost_ms
+        if self._connected:
+            self._finish()
+
+    def _finish(self) -> None:
         dictation, dictation_id = self.dictation, self.dictation_id
+        assert dictation is not None
         future = self.loop.submit(dictation.finish())
-        future.add_done_callback(
-            lambda f: self._finish_done.emit(dictation_id, f.exception() is None))
+        future.add_done_callback(lambda f: self._finish_done.emit(
+            dictation_id, not f.cancelled() and f.exception() is None and dictation.complete))
 
     def _store_final(self, index: int, start: float, end: float, text: str, error: str) -> None:
         if self.dictation_id is not None:
             self.history.add_segment(self.dictation_id, index, start, end, text)
 
     def _complete(self, dictation_id: int, ok: bool) -> None:
+        """The dictation is over. The journal is marked "done" only when every segment got
+        text; otherwise it stays "recording", so the audio is offered for recovery."""
+        dictation = self.dictation
         duration = self.samples / 16_000
         if self.writer is not None:
             self.writer.close(status="done" if ok else "recording")
@@ -332,14 +419,22 @@ class DictationController(QObject):
         self.dictation = None
         self.dictation_id = None
         self.writer = None
+        self.source = None
+        self.last_complete = ok
         self.recording.emit(False)
         if not ok:
-            self.failed.emit("Some audio could not be transcribed; it is kept in the journal.")
+            failed = dictation.failed_segments if dictation is not None else 0
+            what = (f"{failed} segment(s) could not be transcribed by any server"
+                    if failed else "Some audio could not be transcribed")
+            self.failed.emit(f"{what}; the audio is kept in the journal and offered for "
+                             "recovery at the next start.")
         self.finished.emit(dictation_id)
 
     def shutdown(self) -> None:
         if self._discovery is not None:
             self._discovery.cancel()
+        if self._start_future is not None:
+            self._start_future.cancel()
         if self.source is not None:
             self.source.stop()
         self.embedded.stop()

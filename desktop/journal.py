@@ -9,7 +9,10 @@ Layout, per dictation in the journal folder (default `<user data>/earshot/journa
   or new, never torn. `status` is "recording" while a writer is open;
   `JournalWriter.close()` sets "done" (or what the caller passes), and
   `Journal.unfinished()` lists the dictations still "recording", i.e. those a crash
-  interrupted.
+  interrupted -- or whose transcription is incomplete: the app closes a dictation as
+  "done" only when every segment got text, and with `close(status="recording")`
+  otherwise, so its audio stays offered for recovery (recovery re-transcribes it as a new
+  dictation with its own entry and marks the old one "recovered").
 - `<id>.wav`: the recovery copy, only while a crashed dictation is re-transcribed
   (`Journal.export_recovery`). It is derived from the `.pcm`, so `mark()` to any status but
   "recording" removes it: the re-transcription it was made for is over.

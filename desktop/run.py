@@ -46,6 +46,7 @@ class DesktopRun:
         self.controller.servers_found.connect(self._on_first_discovery)
         self.controller.finished.connect(self._on_finished)
         self.controller.failed.connect(self._on_failed)
+        self.controller.start_failed.connect(self._on_start_failed)
         if args.quit_when_done:  # a scripted run must end, even on a bug in a slot
             sys.excepthook = self._crash
 
@@ -120,8 +121,16 @@ class DesktopRun:
             return
         source, title, entry = self.queue.pop(0)
         self.current = entry
-        if not self.window.start_dictation(source, title) and self.args.quit_when_done:
+        self.window.start_dictation(source, title)  # then `finished` or `start_failed`
+
+    def _on_start_failed(self, _message: str) -> None:
+        """A dictation that never connected (`failed` printed why): a scripted run ends
+        with 1; otherwise the next queued one starts (this one's journal entry is kept)."""
+        self.current = None
+        if self.args.quit_when_done:
             self._quit(1)
+        else:
+            QTimer.singleShot(0, self._next)
 
     def _on_finished(self, dictation_id: int) -> None:
         if self.current is not None:

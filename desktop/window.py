@@ -37,6 +37,11 @@ from desktop.widgets.transcript_view import TranscriptView
 RECORD_SHORTCUT = "Ctrl+Shift+Space"
 
 
+def lost_audio_text(milliseconds: float) -> str:
+    return (f"{milliseconds:.0f} ms of audio lost by the sound system (the computer was too "
+            "busy); silence was put in its place.")
+
+
 class MainWindow(QMainWindow):
     _pairing_done = Signal(object, str, str)  # Future, url, server name (from the loop thread)
 
@@ -106,6 +111,8 @@ class MainWindow(QMainWindow):
         c.recording.connect(self._on_recording)
         c.finished.connect(self._on_finished)
         c.failed.connect(self.show_message)
+        c.start_failed.connect(self._on_start_failed)
+        c.audio_lost.connect(self._on_audio_lost)
         c.local_server.connect(self._on_local_server)
         c.servers_found.connect(self._on_servers_found)
         c.trust_warning.connect(self.show_warning)
@@ -296,9 +303,14 @@ class MainWindow(QMainWindow):
         self.start_dictation(MicrophoneSource(device))
 
     def start_dictation(self, source: AudioSource, title: str | None = None) -> bool:
+        """Start a dictation; returns at once. True: capturing, and `recording(True)` (or
+        `failed`) follows once a server is connected; False: refused now (see the message)."""
         self.transcript.clear()
         self.show_message("")
-        return self.controller.start(source, title)
+        started = self.controller.start(source, title)
+        if started and self.controller.is_recording:
+            self.record_button.setText("■ Stop")  # capturing already; Stop works meanwhile
+        return started
 
     # ---- controller signals ------------------------------------------------------------------
     @Slot(str)
@@ -325,14 +337,20 @@ class MainWindow(QMainWindow):
         if not on:
             self.level.reset()
 
+    @Slot(str)
+    def _on_start_failed(self, _message: str) -> None:
+        self._on_recording(False)
+
+    @Slot(float)
+    def _on_audio_lost(self, milliseconds: float) -> None:
+        self.show_message(lost_audio_text(milliseconds))
+
     @Slot(int)
     def _on_finished(self, dictation_id: int) -> None:
         self.history_pane.refresh()
         self.history_pane.select(dictation_id)
-        overruns = self.controller.overruns
-        if overruns:
-            self.show_message(f"{overruns} audio block(s) were lost by the sound system "
-                              "(the computer was too busy).")
+        if self.controller.lost_ms and not self.message.text():
+            self.show_message(lost_audio_text(self.controller.lost_ms))
 
     @Slot(str)
     def _on_local_server(self, status: str) -> None:

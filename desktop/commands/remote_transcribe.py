@@ -1,7 +1,10 @@
 """Transcribe files through an edge server's streaming protocol (`transcribe --server`).
 
 Each file becomes one stream: 100 ms frames, paced at real time with `realtime`, else as
-fast as the server takes them; finals become the transcript's segments.
+fast as the server takes them; finals become the transcript's segments. A server that is
+full, starting or draining (HTTP 503/429 with Retry-After) is waited for under `retry`
+(default `BATCH_RETRY`: at most 30 attempts and 5 minutes per file, each wait as the server
+asks, jittered, at most 30 s); a file it still refuses after that fails alone, saying so.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from desktop.stream_client import StreamClient, StreamError
+from desktop.stream_client import BATCH_RETRY, RetryPolicy, StreamClient, StreamError
 from edge_server.audio import SAMPLE_RATE, AudioError, audio_duration, read_audio_blocks
 from edge_server.file_transcriber import FileResult
 from edge_server.formats import TimedText, Transcript
@@ -23,12 +26,13 @@ CERT_HINT = ("the server's certificate is not trusted: pair with it first (`ears
 
 
 async def stream_file(path: Path, url: str, token: str | None, realtime: bool,
-                      fingerprint: str | None = None) -> FileResult:
+                      fingerprint: str | None = None,
+                      retry: RetryPolicy | None = BATCH_RETRY) -> FileResult:
     result = FileResult(Path(path))
     try:
         duration = audio_duration(path)
         client = StreamClient(url, token=token, partials=False, fingerprint=fingerprint)
-        await client.connect()
+        await client.connect(retry=retry)
         sent = 0
         started = time.monotonic()
         try:
@@ -55,11 +59,14 @@ async def stream_file(path: Path, url: str, token: str | None, realtime: bool,
 
 
 async def stream_files(paths: list[Path], url: str, token: str | None, realtime: bool,
-                       concurrency: int = 4, fingerprint: str | None = None) -> list[FileResult]:
+                       concurrency: int = 4, fingerprint: str | None = None,
+                       retry: RetryPolicy | None = BATCH_RETRY) -> list[FileResult]:
+    """Every file's result, in order; `concurrency` streams at once (a refused file waits
+    under `retry` while holding its place)."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(p: Path) -> FileResult:
         async with gate:
-            return await stream_file(p, url, token, realtime, fingerprint)
+            return await stream_file(p, url, token, realtime, fingerprint, retry)
 
     return list(await asyncio.gather(*(one(p) for p in paths)))

@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import signal
+import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QSettings, Qt, QTimer
 
-from desktop.capture import FileSource
+from desktop.capture import Chunker, FileSource
 from desktop.controller import DictationController
 from desktop.history import History
 from desktop.journal import Journal
 from desktop.window import MainWindow
+from edge_server.audio import audio_duration
 from edge_server.evaluation import normalize
 from tests.conftest import DEV, dev_rows, speech_with_pauses
+from tests.desktop.poisoned_audio import POISON, poisoned_speech
+from tests.desktop.silent_server import SilentServer
 from tests.server_harness import start_server
 
 
 @pytest.fixture
 def app_parts(qtbot, tmp_path):
+    yield from make_app_parts(qtbot, tmp_path)
+
+
+def make_app_parts(qtbot, tmp_path):
     history = History(tmp_path / "history.db")
     journal = Journal(tmp_path / "journal")
     controller = DictationController(history, journal)
@@ -48,7 +59,8 @@ def test_dictation_shows_partials_then_finals_and_lands_in_history(qtbot, app_pa
     assert window.mic_picker.currentData() is None  # no microphone on this machine
     source = FileSource(DEV / "sherpa-test-wavs/0.wav", realtime=True)
     with qtbot.waitSignal(controller.finished, timeout=60_000) as done:
-        assert window.start_dictation(source, "Lamps")
+        with qtbot.waitSignal(controller.recording, timeout=30_000, check_params_cb=bool):
+            assert window.start_dictation(source, "Lamps")  # returns at once; connects later
         qtbot.waitUntil(lambda: window.transcript.partial_text() is not None, timeout=10_000)
     dictation_id = done.args[0]
     assert seen["partials"], "partial text while speaking"
@@ -234,3 +246,159 @@ def test_tokens_kept_in_plain_settings_move_to_the_credential_store(qtbot, tmp_p
     finally:
         controller.shutdown()
         history.close()
+
+
+# ---- starting never blocks the GUI ---------------------------------------------------------
+def other_loop_tasks(controller) -> list[str]:
+    """Names of the tasks left on the controller's network loop (besides the asking one)."""
+    async def names() -> list[str]:
+        return sorted(t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task())
+
+    return controller.loop.submit(names()).result(5)
+
+
+def test_start_never_blocks_the_gui_and_a_hung_server_falls_back_to_local(qtbot, app_parts):
+    """The chosen server answers its health probe but never the WebSocket handshake: the
+    window keeps running (a 50 ms timer keeps firing) until the start falls back to this
+    computer, and what was said while connecting is transcribed."""
+    window, controller, history, journal, _ = app_parts
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
+    timer.start(50)
+    with SilentServer(healthy=True) as hung:
+        window.set_server(hung.url)
+        source = FileSource(DEV / "sherpa-test-wavs/8k.wav", realtime=True)
+        with qtbot.waitSignal(controller.finished, timeout=90_000) as done:
+            with qtbot.waitSignal(controller.recording, timeout=60_000, check_params_cb=bool):
+                assert window.start_dictation(source, "Hung")
+                returned = time.monotonic()
+                assert controller.is_connecting and window.record_button.text() == "■ Stop"
+                assert [e.status for e in journal.entries()] == ["recording"]  # capturing
+            connected = time.monotonic()
+        qtbot.waitUntil(lambda: hung.open_connections == 0, timeout=10_000)
+        assert hung.handshakes == 1
+    timer.stop()
+    assert connected - returned >= 4  # the hung handshake took its 5 s connect timeout ...
+    during = [returned] + [t for t in ticks if returned < t < connected] + [connected]
+    assert max(b - a for a, b in itertools.pairwise(during)) < 2.0  # ... not the GUI's
+    record = history.get(done.args[0])
+    assert record.server == "This computer"
+    assert "these thoughts" in record.text.lower()  # said while connecting, kept
+    assert "apprehension" in record.text.lower()
+    assert [e.status for e in journal.entries()] == ["done"]
+
+
+def test_a_start_that_times_out_is_cancelled_cleanly(qtbot, app_parts):
+    window, controller, history, journal, _ = app_parts
+    controller.start_timeout_s = 1.5
+    with SilentServer(healthy=True) as hung:
+        window.set_server(hung.url)
+        source = FileSource(DEV / "sherpa-test-wavs/1.wav", realtime=True)
+        with qtbot.waitSignal(controller.start_failed, timeout=30_000) as failed:
+            assert window.start_dictation(source, "Never")
+        qtbot.waitUntil(lambda: hung.open_connections == 0, timeout=10_000)  # no orphan
+        assert hung.handshakes == 1
+    assert failed.args[0] == "Could not start: no server answered within 1.5 s."
+    assert window.message.text() == failed.args[0]
+    assert window.record_button.text() == "● Record" and not controller.is_recording
+    assert not source.running
+    assert journal.entries() == [] and not list(journal.folder.iterdir())  # entry deleted
+    assert history.list() == []
+    assert other_loop_tasks(controller) == []  # nothing left running on the loop
+    window.set_server(None, mode="local")  # and the next dictation starts normally
+    with qtbot.waitSignal(controller.finished, timeout=60_000) as done:
+        assert window.start_dictation(FileSource(DEV / "sherpa-test-wavs/8k.wav",
+                                                 realtime=False), "Next")
+    assert "apprehension" in history.get(done.args[0]).text.lower()
+
+
+# ---- failed finals -------------------------------------------------------------------------
+def write_poisoned(folder: Path) -> tuple[Path, tuple[float, float]]:
+    audio, span = poisoned_speech()
+    wav = folder / "poisoned.wav"
+    sf.write(wav, audio, 16000, subtype="FLOAT")  # keeps the full-scale sample exact
+    return wav, span
+
+
+def test_a_failed_final_is_retried_locally_and_the_journal_is_done_only_at_the_end(
+        qtbot, app_parts, tmp_path):
+    window, controller, history, journal, _ = app_parts
+    wav, (p0, p1) = write_poisoned(tmp_path)
+    remote = start_server("--workers", "1", env=POISON)
+    at_finals: list[list[str]] = []
+    controller.final.connect(lambda *_: at_finals.append([e.status for e in journal.entries()]))
+    try:
+        window.set_server(remote.url)
+        with qtbot.waitSignal(controller.finished, timeout=240_000) as done:
+            assert window.start_dictation(FileSource(wav, realtime=False), "Poison")
+        restarts = remote.health()["worker_restarts"]
+    finally:
+        remote.stop()
+    assert restarts >= 2  # the office box's worker really died on it
+    record = history.get(done.args[0])
+    assert record.segments and all(s.text for s in record.segments), record.segments
+    middle = " ".join(s.text for s in record.segments if s.start < p1 and s.end > p0)
+    assert "not an ill" in normalize(middle), record.text  # the poisoned sentence's words
+    assert at_finals and all(st == ["recording"] for st in at_finals)
+    assert [e.status for e in journal.entries()] == ["done"] and controller.last_complete
+
+
+@pytest.fixture
+def poisoned_local_app(qtbot, tmp_path, monkeypatch):
+    """The app whose own embedded server dies on the poisoned segment too."""
+    monkeypatch.setenv("EARSHOT_WORKER_FAULT", POISON["EARSHOT_WORKER_FAULT"])
+    yield from make_app_parts(qtbot, tmp_path)
+
+
+def test_a_segment_nothing_can_transcribe_keeps_the_journal_for_recovery(
+        qtbot, poisoned_local_app, tmp_path):
+    window, controller, history, journal, _ = poisoned_local_app
+    wav, (p0, p1) = write_poisoned(tmp_path)
+    window.set_server(None, mode="local")
+    messages: list[str] = []
+    controller.failed.connect(messages.append)
+    with qtbot.waitSignal(controller.finished, timeout=240_000) as done:
+        assert window.start_dictation(FileSource(wav, realtime=False), "Poison")
+    record = history.get(done.args[0])
+    failed = [s for s in record.segments if not s.text]
+    assert len(failed) == 1 and failed[0].start < p1 and failed[0].end > p0
+    assert "john dashwood" in normalize(record.text) and "cold hearted" in normalize(record.text)
+    assert not controller.last_complete
+    assert messages == ["1 segment(s) could not be transcribed by any server; the audio is "
+                        "kept in the journal and offered for recovery at the next start."]
+    (entry,) = journal.unfinished()  # still "recording": offered for recovery
+    assert entry.pcm_path == Path(record.audio_path)
+    assert journal.duration(entry) == pytest.approx(audio_duration(wav), abs=0.01)
+
+
+# ---- audio lost by the sound system ----------------------------------------------------------
+class FileWithOverrun(FileSource):
+    """A file played as a microphone whose sound system loses 300 ms after the first
+    second: the capture interface's own path for lost audio (silence of its length)."""
+
+    LOST = 4800
+
+    def _deliver(self, on_audio, chunk, started, emitted) -> bool:
+        if emitted == 16_000:
+            self._deliver_silence(Chunker(1600), on_audio, self.LOST)
+        return super()._deliver(on_audio, chunk, started, emitted)
+
+
+def test_audio_lost_by_the_sound_system_is_shown_live_and_kept_as_silence(qtbot, app_parts):
+    window, controller, history, journal, _ = app_parts
+    window.set_server(None, mode="local")
+    wav = DEV / "sherpa-test-wavs/0.wav"
+    with qtbot.waitSignal(controller.finished, timeout=60_000) as done:
+        with qtbot.waitSignal(controller.audio_lost, timeout=30_000) as lost:
+            assert window.start_dictation(FileWithOverrun(wav, realtime=True), "Overrun")
+        assert lost.args == [300.0]
+        assert window.message.text().startswith("300 ms of audio lost by the sound system")
+    assert window.message.text().startswith("300 ms of audio lost by the sound system")
+    (entry,) = journal.entries()
+    assert journal.duration(entry) == pytest.approx(audio_duration(wav) + 0.3, abs=0.01)
+    audio = journal.read(entry)
+    assert not np.any(audio[16_000 : 16_000 + FileWithOverrun.LOST])  # the silence, in place
+    record = history.get(done.args[0])
+    assert record.duration == pytest.approx(audio_duration(wav) + 0.3, abs=0.01)
+    assert "yellow lamps" in record.text.lower()

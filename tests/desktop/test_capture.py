@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -238,7 +239,8 @@ def test_microphone_conversion_path_with_a_fake_48k_stereo_stream(monkeypatch):
 
     got = rec.audio()
     assert got.dtype == np.float32 and got.ndim == 1
-    expected_len = FakeInputStream.BLOCKS * FakeInputStream.BLOCK // 3  # 48 kHz -> 16 kHz
+    # 48 kHz -> 16 kHz, plus one block of silence for the overflow (the host gave no times)
+    expected_len = (FakeInputStream.BLOCKS + 1) * FakeInputStream.BLOCK // 3
     assert abs(len(got) - expected_len) <= 2
     assert all(len(c) == 1600 for c in rec.chunks[:-1])
     # Mono is the channel mean (0.4 amplitude) and the tone is still at 440 Hz.
@@ -248,6 +250,7 @@ def test_microphone_conversion_path_with_a_fake_48k_stereo_stream(monkeypatch):
     peak_hz = np.argmax(spectrum) * SAMPLE_RATE / len(body)
     assert abs(peak_hz - 440) < 5
     assert source.overruns == 1  # the one block flagged input_overflow
+    assert source.lost_samples == FakeInputStream.BLOCK // 3 and source.lost_ms == 10.0
 
 
 @needs_portaudio
@@ -271,3 +274,65 @@ def test_microphone_full_queue_drops_are_counted(monkeypatch):
     # 150 blocks into a 10-block queue with a stuck consumer: most are dropped, and counted.
     assert source.overruns > 100
     assert rec.ends == 1
+    # ... and each dropped block came out as silence of its length: the stream is as long
+    # as the microphone's 1.5 s (plus the flagged block's 10 ms), so later times stay true.
+    produced = (FakeInputStream.BLOCKS + 1) * FakeInputStream.BLOCK // 3
+    assert abs(len(rec.audio()) - produced) <= 2
+    lost_blocks = source.overruns - 1  # the flagged one, if it got through, is 1 block too
+    assert source.lost_samples >= lost_blocks * FakeInputStream.BLOCK // 3
+    assert source.lost_ms >= 1000
+
+
+class GappyInputStream(FakeInputStream):
+    """The fake microphone with host timestamps, whose tone fades in over the 1.5 s (so a
+    shift in time changes the level), and which loses blocks SKIP (PortAudio drops them:
+    the callback never sees them) and flags the next block `input_overflow`."""
+
+    SKIP = range(60, 80)  # 200 ms lost
+    ADC_START = 1000.0
+    skip = True
+
+    def _run(self) -> None:
+        for i in range(self.BLOCKS):
+            if self.skip and i in self.SKIP:
+                continue
+            n = np.arange(i * self.BLOCK, (i + 1) * self.BLOCK)
+            block = np.zeros((self.BLOCK, 2), np.float32)
+            block[:, 0] = (0.1 + 0.8 * n / (self.BLOCKS * self.BLOCK)) * np.sin(
+                2 * np.pi * 440 * n / self.RATE)
+            status = sd.CallbackFlags()
+            status.input_overflow = self.skip and i == self.SKIP.stop
+            when = SimpleNamespace(inputBufferAdcTime=self.ADC_START + i * self.BLOCK / self.RATE)
+            self.callback(block, self.BLOCK, when, status)
+        self.delivered.set()
+
+
+def capture_fake(monkeypatch, stream_class) -> tuple[MicrophoneSource, Recorder]:
+    monkeypatch.setattr(sd, "InputStream", stream_class)
+    FakeInputStream.instances.clear()
+    source = MicrophoneSource(block_ms=100)
+    rec = Recorder()
+    source.start(rec.on_audio, rec.on_end)
+    assert FakeInputStream.instances[-1].delivered.wait(10)
+    time.sleep(0.2)
+    source.stop()
+    return source, rec
+
+
+@needs_portaudio
+def test_audio_lost_by_the_host_becomes_silence_of_its_length(monkeypatch):
+    monkeypatch.setattr(GappyInputStream, "skip", False)
+    _, clean = capture_fake(monkeypatch, GappyInputStream)
+    monkeypatch.setattr(GappyInputStream, "skip", True)
+    source, lossy = capture_fake(monkeypatch, GappyInputStream)
+    a, b = clean.audio(), lossy.audio()
+    assert abs(len(a) - len(b)) <= 2  # 200 ms lost, 200 ms of silence put in its place
+    assert source.overruns == 1 and source.lost_ms == pytest.approx(200, abs=1)
+    gap = slice(60 * 160 + 100, 80 * 160 - 100)  # blocks 60-79 at 16 kHz, minus the edges
+    assert np.abs(b[gap]).max() < 1e-3 < np.abs(a[gap]).max()
+    # After the gap the sound is where it was in time: the fading-in tone matches the
+    # clean capture sample for sample (a 200 ms shift would change its level by 10%).
+    after = slice(90 * 160, len(a) - 1600)
+    np.testing.assert_allclose(b[after], a[after], atol=2e-3)
+    before = slice(1600, 55 * 160)
+    np.testing.assert_allclose(b[before], a[before], atol=1e-6)

@@ -303,3 +303,21 @@ def test_writer_of_a_dictation_deleted_while_recording_closes_quietly(tmp_path):
     writer.append(SPEECH[:1600])
     writer.close()  # no FileNotFoundError, and nothing is brought back
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_incomplete_dictation_closed_as_recording_stays_offered_for_recovery(tmp_path):
+    """What the app does when a segment got no text: the entry is closed, audio whole on
+    disk, but stays in `unfinished()` until a recovery marks it."""
+    journal = Journal(tmp_path)
+    writer = journal.open("incomplete")
+    write_chunks(writer, SPEECH)
+    done = journal.open("complete")
+    write_chunks(done, SPEECH[:16_000])
+    done.close()
+    writer.close(status="recording")
+    assert writer.closed
+    assert [e.id for e in journal.unfinished()] == ["incomplete"]
+    np.testing.assert_array_equal(journal.read("incomplete"), round_trip(SPEECH))
+    journal.export_recovery("incomplete")
+    journal.mark("incomplete", "recovered")
+    assert journal.unfinished() == [] and not journal.recovery_path("incomplete").exists()
