@@ -2,15 +2,26 @@
 
 Any OpenAI client works by pointing its base URL at `http://BOX:8765/v1` and using the
 server token as the API key (`Authorization: Bearer TOKEN`; loopback clients need none
-by default). The upload is streamed to disk with a size limit (`max_upload_mb`), decoded
-with libsndfile (wav, flac, ogg/opus, mp3, ...) or FFmpeg (m4a, mp4, webm, ...), and
-transcribed through the same scheduler and workers as live streams (`EdgeServer.clips`).
-`model` may be the served model id or `whisper-1` (an alias for the served model, since
-many tools hard-code it).
+by default). `model` may be the served model id or `whisper-1` (an alias for the served
+model, since many tools hard-code it).
+
+An upload, in order:
+1. authorization, readiness (503 while starting or draining) and a clip slot (429 when
+   `max_clip_jobs` uploads and Wyoming utterances are running) are checked from the
+   headers alone, before the body is read; a client that sends `Expect: 100-continue`
+   (curl does for bodies over 1 MB) is refused before it sends the body at all;
+2. the body is streamed to a temporary file with a size limit (`max_upload_mb`, 413);
+3. the file is decoded in a child process (`edge_server.upload_decoder`: a format
+   allowlist detected from the content, 400 `unsupported_format`; a crash or a hang fails
+   only this request, 400 `invalid_file` / `decode_timeout`), block by block, at most
+   `max_upload_audio_s` of audio (413 `audio_too_long`);
+4. the blocks are segmented and transcribed through the same scheduler and workers as
+   live streams (`EdgeServer.clips`), read no faster than the workers transcribe them, so
+   memory per upload is bounded whatever the audio's length.
 `prompt` and `temperature` are accepted and ignored (Moonshine takes no prompt and
 decodes greedily). Word timestamps are refused: the engine has no token times.
 Errors use OpenAI's body shape (see `openai_format.error_body`); the status codes are
-documented in docs/openai-api.md. Handlers run on the event loop.
+documented in docs/lan-server.md. Handlers run on the event loop.
 """
 
 from __future__ import annotations
@@ -24,10 +35,19 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from edge_server.audio import AudioError, read_audio_blocks
-from edge_server.clips import ClipError, ClipsBusy
+from edge_server.audio import AudioError
+from edge_server.clips import ClipError, ClipsBusy, ClipSlot
 from edge_server.openai_format import RESPONSE_FORMATS, error_body, render_response
-from edge_server.uploads import UploadError, UploadTooLarge, read_form
+from edge_server.upload_decoder import (
+    AudioTooLong,
+    DecodeLimits,
+    DecoderFailed,
+    DecoderUnavailable,
+    DecoderZygote,
+    UnsupportedFormat,
+    UploadDecoder,
+)
+from edge_server.uploads import CHUNK, UploadError, UploadStalled, UploadTooLarge, read_form
 
 if TYPE_CHECKING:
     from edge_server.app import EdgeServer
@@ -57,14 +77,20 @@ class ApiError(Exception):
 
 def add_openai_routes(app: web.Application, server: EdgeServer) -> None:
     api = OpenAiApi(server)
-    app.router.add_post("/v1/audio/transcriptions", api.transcriptions)
+    app.router.add_post("/v1/audio/transcriptions", api.transcriptions,
+                        expect_handler=api.expect_continue)
     app.router.add_get("/v1/models", api.models)
     app.router.add_get("/v1/models/{model}", api.model)
+    app.on_cleanup.append(api.close)
 
 
 class OpenAiApi:
     def __init__(self, server: EdgeServer) -> None:
         self.server = server
+        self.zygote = DecoderZygote()  # forks the upload decoders; started when first needed
+
+    async def close(self, app: web.Application | None = None) -> None:
+        await self.zygote.close()
 
     # ---- helpers -------------------------------------------------------------------------
     @property
@@ -102,7 +128,48 @@ class OpenAiApi:
             raise ApiError(503, "the server is starting (models loading)", "server_error",
                            code="unavailable", retry_after=retry)
 
+    def _reserve_clip(self) -> ClipSlot:
+        try:
+            return self.server.clips.reserve()
+        except ClipsBusy as exc:
+            raise ApiError(429, f"the server is busy: {exc}; retry later", "rate_limit_error",
+                           code="rate_limit_exceeded",
+                           retry_after=self.server.settings.retry_after_s) from None
+
+    def _refused(self, client: ClientAddress, exc: ApiError) -> web.Response:
+        self.server.stats["api_errors"] += 1
+        log.info("transcription request from %s refused: %s", client,
+                 exc.body["error"]["message"])
+        return exc.response()
+
     # ---- routes --------------------------------------------------------------------------
+    async def expect_continue(self, request: web.Request) -> web.Response | None:
+        """`Expect: 100-continue`: refuse from the headers alone, else invite the body.
+
+        A refusal closes the connection, so the client never sends the body. Admission is
+        checked again (and a slot taken) once the body comes.
+        """
+        client = self._client(request)
+        try:
+            if request.headers.get("Expect", "").lower() != "100-continue":
+                raise ApiError(417, f"unknown Expect: {request.headers.get('Expect')}")
+            self._authorize(request, client)
+            self._check_ready()
+            self._reserve_clip().release()
+            limit = int(self.server.settings.max_upload_mb * 1_000_000)
+            if request.content_length is not None and request.content_length > limit + CHUNK:
+                raise ApiError(413, str(UploadTooLarge(limit)), param="file",
+                               code="file_too_large")
+        except ApiError as exc:
+            self.server.stats["api_requests"] += 1
+            response = self._refused(client, exc)
+            response.force_close()
+            return response
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+        return None
+
     async def models(self, request: web.Request) -> web.Response:
         try:
             self._authorize(request)
@@ -129,21 +196,22 @@ class OpenAiApi:
         try:
             self._authorize(request, client)
             self._check_ready()
-            settings = self.server.settings
-            limit = int(settings.max_upload_mb * 1_000_000)
-            try:
-                form = await read_form(request, "file", limit)
-            except UploadTooLarge as exc:
-                raise ApiError(413, str(exc), param="file", code="file_too_large") from None
-            except UploadError as exc:
-                raise ApiError(400, str(exc), param=exc.param) from None
-            options = self._options(form)
-            transcript = await self._transcribe(request, form)
+            with self._reserve_clip() as slot:  # before a byte of the body is read
+                settings = self.server.settings
+                limit = int(settings.max_upload_mb * 1_000_000)
+                try:
+                    form = await read_form(request, "file", limit,
+                                           idle_timeout_s=settings.upload_idle_timeout_s)
+                except UploadTooLarge as exc:
+                    raise ApiError(413, str(exc), param="file", code="file_too_large") from None
+                except UploadStalled as exc:
+                    raise ApiError(408, str(exc), param="file", code="upload_timeout") from None
+                except UploadError as exc:
+                    raise ApiError(400, str(exc), param=exc.param) from None
+                options = self._options(form)
+                transcript = await self._transcribe(request, form, slot)
         except ApiError as exc:
-            self.server.stats["api_errors"] += 1
-            log.info("transcription request from %s refused: %s", client,
-                     exc.body["error"]["message"])
-            return exc.response()
+            return self._refused(client, exc)
         finally:
             if form is not None:
                 form.discard()
@@ -193,11 +261,21 @@ class OpenAiApi:
                            "the WebSocket stream for live text", param="stream")
         return {"response_format": fmt, "language": language}
 
-    async def _transcribe(self, request: web.Request, form):
-        """Transcribe the saved upload; abandoned when the client disconnects."""
-        blocks = read_audio_blocks(form.file_path, block_seconds=5.0)
-        job = asyncio.get_running_loop().create_task(
-            self.server.clips.transcribe(blocks, source=form.file_name or ""))
+    def _limits(self) -> DecodeLimits:
+        settings = self.server.settings
+        return DecodeLimits(max_audio_s=settings.max_upload_audio_s,
+                            timeout_s=settings.upload_decode_timeout_s)
+
+    async def _decode_and_transcribe(self, form, slot: ClipSlot):
+        async with UploadDecoder(form.file_path, self._limits(), self.zygote) as decoder:
+            log.debug("upload %s: %s (%s), %s s", form.file_name, decoder.info.get("format"),
+                      decoder.info.get("codec"), decoder.info.get("duration"))
+            return await self.server.clips.transcribe(decoder, source=form.file_name or "",
+                                                      slot=slot)
+
+    async def _transcribe(self, request: web.Request, form, slot: ClipSlot):
+        """Decode and transcribe the saved upload; abandoned when the client disconnects."""
+        job = asyncio.get_running_loop().create_task(self._decode_and_transcribe(form, slot))
         try:
             while not job.done():
                 await asyncio.wait({job}, timeout=0.5)
@@ -206,15 +284,20 @@ class OpenAiApi:
                     job.cancel()
                     self.server.stats["api_abandoned"] += 1
             return job.result()
-        except ClipsBusy as exc:
-            raise ApiError(429, str(exc), "rate_limit_error", code="rate_limit_exceeded",
-                           retry_after=self.server.settings.retry_after_s) from None
+        except AudioTooLong as exc:
+            raise ApiError(413, str(exc), param="file", code="audio_too_long") from None
+        except UnsupportedFormat as exc:
+            raise ApiError(400, str(exc), param="file", code="unsupported_format") from None
+        except DecoderFailed as exc:
+            self.server.stats["api_decoder_failures"] += 1
+            raise ApiError(400, str(exc), param="file",
+                           code="decode_timeout" if exc.timed_out else "invalid_file") from None
         except AudioError as exc:
-            name = form.file_name or "upload"
-            detail = str(exc).replace(str(form.file_path), name)
-            raise ApiError(400, f"could not decode the audio file: {detail} (supported: wav, "
-                           "flac, mp3, ogg, opus, m4a, mp4, webm and other FFmpeg formats)",
-                           param="file", code="invalid_file") from None
+            raise ApiError(400, f"could not decode the audio file: {exc}", param="file",
+                           code="invalid_file") from None
+        except DecoderUnavailable as exc:
+            raise ApiError(503, str(exc), "server_error", code="unavailable",
+                           retry_after=self.server.settings.retry_after_s) from None
         except ClipError as exc:
             raise ApiError(500, f"decoding failed: {exc}", "server_error") from None
         finally:

@@ -227,3 +227,98 @@ def _write(folder, text: str) -> str:
     path = folder / "server.toml"
     path.write_text(text)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def format_files(tmp_path_factory) -> dict:
+    """The dev utterance ROWS[1] in every allowed format (tests/upload_files.FORMATS)."""
+    from edge_server.audio import read_audio
+    from tests.upload_files import FORMATS, encode_format
+
+    folder = tmp_path_factory.mktemp("formats")
+    speech = read_audio(DEV / ROWS[1]["path"])
+    return {name: encode_format(speech, folder, name).read_bytes() for name in FORMATS}
+
+
+def _upload(client, name: str, data: bytes):
+    """The response, or the APIStatusError it raised."""
+    try:
+        return client.audio.transcriptions.create(model="whisper-1", file=(name, data))
+    except openai.APIStatusError as err:
+        return err
+
+
+def test_every_allowed_format_is_read_from_its_content_not_its_name(client, format_files):
+    names = list(format_files)
+    for i, (fmt, data) in enumerate(format_files.items()):
+        wrong = names[(i + 1) % len(names)]  # named as the next format in the list
+        result = _upload(client, f"recording.{wrong}", data)
+        assert not isinstance(result, openai.APIStatusError), (fmt, result)
+        assert wer(ROWS[1]["transcript"], result.text) < 0.25, (fmt, result.text)
+
+
+def test_truncated_files_get_a_transcript_or_a_documented_error(client, server,
+                                                                 format_files):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pid = server.proc.pid
+    cases = [(fmt, cut) for fmt, data in format_files.items()
+             for cut in (16, 300, len(data) // 3, len(data) * 9 // 10)]
+
+    def one(case):
+        fmt, cut = case
+        return case, _upload(client, f"cut.{fmt}", format_files[fmt][:cut])
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, cases))
+    transcripts = 0
+    for (fmt, cut), result in results:
+        if isinstance(result, openai.APIStatusError):
+            assert result.status_code == 400, (fmt, cut, result.body)
+            assert result.body["code"] in ("invalid_file", "unsupported_format"), result.body
+            assert result.body["param"] == "file" and "\n" not in result.body["message"]
+        else:
+            transcripts += 1
+    assert transcripts >= len(format_files)  # most formats are readable up to the cut
+    assert server.proc.pid == pid and server.health()["status"] == "ready"
+
+
+def test_other_formats_are_refused_with_the_allowed_list(client, tmp_path):
+    from edge_server.audio import read_audio
+    from tests.upload_files import encode
+
+    speech = read_audio(DEV / ROWS[0]["path"])
+    au = encode(speech, tmp_path / "sun.au", "au", "pcm_s16be", 16_000).read_bytes()
+    g726 = encode(speech, tmp_path / "g726.wav", "wav", "g726", 8_000, 32_000).read_bytes()
+    for name, data in (("speech.wav", au), ("speech.wav", g726),
+                       ("notes.m4a", b"meeting notes: nothing audible here\n" * 30)):
+        result = _upload(client, name, data)
+        assert isinstance(result, openai.BadRequestError), result
+        assert result.body["code"] == "unsupported_format", result.body
+        assert "wav, flac, mp3, ogg/opus, m4a/mp4/mov/3gp, webm/mkv" in result.body["message"]
+    # an allowed format's signature with nothing behind it: a damaged file, said so
+    result = _upload(client, "speech.wav", b"ID3 but then nothing of the sort " * 30)
+    assert isinstance(result, openai.BadRequestError) and result.body["code"] == "invalid_file"
+    assert "looks like mp3" in result.body["message"]
+
+
+def test_too_large_upload_announced_with_expect_is_refused_before_its_body(server):
+    """curl's way for big files: `Expect: 100-continue`; the 413 comes before any byte."""
+    size = int(UPLOAD_LIMIT_MB * 1_000_000) * 2
+    sent = []
+
+    async def body():
+        sent.append(1)
+        yield bytes(size)
+
+    async def post():
+        headers = {"Content-Type": "multipart/form-data; boundary=x",
+                   "Content-Length": str(size)}
+        async with aiohttp.ClientSession() as http, http.post(
+                server.url + "/v1/audio/transcriptions", data=body(), headers=headers,
+                expect100=True) as resp:
+            return resp.status, await resp.json()
+
+    status, body_json = asyncio.run(post())
+    assert status == 413 and body_json["error"]["code"] == "file_too_large"
+    assert not sent, "the client was asked for the body"
