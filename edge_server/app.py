@@ -65,13 +65,18 @@ class EdgeServer:
         self.bind_host = settings.host  # the CLI sets what it really bound
         self.pool = WorkerPool(WorkerConfig(
             model_id=settings.model, device=settings.device, threads=settings.threads,
-            workers=settings.workers, noop=settings.noop_engine))
+            workers=settings.workers, noop=settings.noop_engine,
+            deadline_floor_s=settings.batch_deadline_floor_s,
+            deadline_cap_s=settings.batch_deadline_cap_s,
+            deadline_factor=settings.batch_deadline_factor))
         self.vad = VadService(None if settings.noop_engine else SileroVad())
         self.metrics = ServerMetrics(self)
         self.scheduler = Scheduler(self.pool, self._deliver, settings.max_batch,
                                    settings.max_wait_ms, settings.degrade_after_s,
                                    settings.partial_budget_s, settings.clip_budget_s,
-                                   self.metrics.observe_batch)
+                                   self.metrics.observe_batch,
+                                   max_session_rows=settings.max_session_rows,
+                                   backlog_batch_s=settings.backlog_batch_s)
         self.registry = SessionRegistry(settings, self.vad, self.scheduler)
         self.clips = ClipTranscriber(self.scheduler, self.vad, settings.segmenter,
                                      settings.max_clip_jobs)
@@ -94,20 +99,35 @@ class EdgeServer:
 
     # ---- admission -----------------------------------------------------------------------
     def capacity(self) -> int | None:
-        """Streams the measured decode speed supports (None until measured)."""
-        if self.scheduler.stats.batches < 20:
+        """Streams the pool can keep up with: 0.8 x the measured speed of one worker on
+        finals and clips (partials are shed under load, so they do not count) x the
+        configured workers. None until 20 batches with finals or clips were measured."""
+        speed = self.scheduler.final_speed()
+        if speed is None:
             return None
-        return max(1, int(self.pool.speed() * 0.8))
+        return max(1, int(speed * self.settings.workers * 0.8))
 
     def admission_refusal(self) -> str | None:
-        """Why a new session is refused right now, or None to admit it."""
+        """Why a new session is refused right now (HTTP 503), or None to admit it.
+
+        Refused only when draining, before any worker has ever loaded (or when every
+        worker slot fails to load its engine again), or when truly over capacity:
+        `max_sessions`, the oldest final waiting past `overload_after_s` (not counted while
+        worker slots restart: that queue is a restart's, not the load's), or the measured
+        capacity. While workers restart, new sessions are admitted and their audio waits
+        in the scheduler's queues."""
         if self.draining:
             return "server is shutting down"
-        if self.pool.ready_count == 0:
+        if not self.pool.ever_ready:
+            if self.startup_error:
+                return f"server failed to start: {self.startup_error}"
             return "server is starting (models loading)"
+        if self.pool.failed:
+            return "no engine worker is running (restarts are failing)"
         if self.registry.active >= self.settings.max_sessions:
             return f"server is full ({self.settings.max_sessions} sessions)"
-        if self.scheduler.oldest_final_wait() > self.settings.overload_after_s:
+        if (not self.pool.restarting
+                and self.scheduler.oldest_final_wait() > self.settings.overload_after_s):
             return "server is overloaded (decode queue is behind)"
         cap = self.capacity()
         if cap is not None and self.registry.active >= cap:
@@ -119,7 +139,7 @@ class EdgeServer:
         """What the mDNS TXT record says about this server right now."""
         info = self.pool.info
         cap = self.capacity() or self.settings.max_sessions
-        free = 0 if self.draining or not self.pool.ready_count else max(
+        free = 0 if self.draining or not self.pool.serving else max(
             0, min(cap, self.settings.max_sessions) - self.registry.active)
         return {"protocol": str(PROTOCOL_VERSION), "id": self.server_id,
                 "models": self.model_id,
@@ -222,9 +242,9 @@ class EdgeServer:
         self.vad.close()
 
     async def healthz(self, request: web.Request) -> web.Response:
-        ready = self.pool.ready_count > 0 and not self.draining
+        ready = self.pool.serving and not self.draining  # also while a worker restarts
         status = "draining" if self.draining else "ready" if ready else (
-            "failed" if self.startup_error else "starting")
+            "failed" if self.startup_error or self.pool.failed else "starting")
         body = {
             "status": status, "protocol": PROTOCOL_VERSION, "server": self.describe(),
             "workers_ready": self.pool.ready_count, "worker_restarts": self.pool.restart_count,

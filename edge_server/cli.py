@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from edge_server.app import EdgeServer
 
 
+KEEPALIVE_S = 75.0  # an idle HTTP keep-alive connection is closed after this (aiohttp: 3630)
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = ServerSettings()
     p = argparse.ArgumentParser(prog="earshot-server", description=__doc__.split("\n")[0])
@@ -70,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-ms", type=int, help="trailing silence that ends a segment")
     p.add_argument("--max-segment-s", type=float, help="longest segment before a cut")
     p.add_argument("--resume-grace-s", type=float, help=f"default {d.resume_grace_s:g}")
+    p.add_argument("--max-upload-audio-s", type=float, help="longest audio of one upload "
+                   f"to /v1/audio/transcriptions (default {d.max_upload_audio_s:g} = 4 h)")
     p.add_argument("--noop-engine", action="store_true", default=None,
                    help="no inference (measures the server's own overhead)")
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
@@ -143,7 +148,7 @@ async def serve(settings: ServerSettings, identity: ServerIdentity) -> None:
     context = tls_context(files)
     server = EdgeServer(settings, identity, served_fingerprint(files))
     runner = web.AppRunner(server.make_app(), handle_signals=False, access_log=None,
-                            shutdown_timeout=5)
+                            shutdown_timeout=5, keepalive_timeout=KEEPALIVE_S)
     await runner.setup()
     site: web.BaseSite
     if serves_lan(settings) and context is not None:

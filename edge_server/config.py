@@ -42,6 +42,11 @@ class ServerSettings:
     degrade_after_s: float = 0.8  # partials pause while a final has waited this long
     partial_budget_s: float = 3.0  # most audio seconds of partials decoded in one batch
     overload_after_s: float = 2.0  # new sessions refused while a final has waited this long
+    max_session_rows: int = 4  # a session's rows in one batch while other sessions wait
+    backlog_batch_s: float = 1.0  # decode time of a batch of backlogs while others are live
+    batch_deadline_floor_s: float = 5.0  # a batch may always run this long before it is
+    batch_deadline_cap_s: float = 20.0  # ... killed as hung, never longer than this; in
+    batch_deadline_factor: float = 4.0  # ... between: this many times its measured cost
     resume_grace_s: float = 60.0
     handshake_timeout_s: float = 10.0
     idle_timeout_s: float = 120.0
@@ -49,6 +54,7 @@ class ServerSettings:
     max_realtime_factor: float = 100.0  # audio faster than this times real time is refused
     max_connections_per_ip: int = 600
     max_pending_finals: int = 32  # a session's queued finals before its reads pause
+    max_send_queue_kb: int = 1024  # unsent messages per connection before 4419 (too slow)
     retry_after_s: int = 5
     log_json: bool = False
     mdns: bool = True  # advertise as _earshot._tcp.local.
@@ -57,6 +63,10 @@ class ServerSettings:
     max_clip_jobs: int = 8  # uploads / Wyoming utterances transcribed at once
     clip_budget_s: float = 60.0  # most clip audio seconds decoded in one batch
     max_upload_mb: float = 100.0  # largest file accepted by /v1/audio/transcriptions
+    max_upload_audio_s: float = 14400.0  # longest audio (decoded) of one upload: 4 h
+    upload_idle_timeout_s: float = 60.0  # an upload body silent this long: 408
+    upload_decode_timeout_s: float = 30.0  # upload decoder: hung after this long without
+    # audio; CPU seconds allowed: this + 10 per MB of file (at most 600)
     wyoming: bool = False  # also serve the Wyoming protocol (Home Assistant)
     wyoming_host: str | None = None  # default: the HTTP host
     wyoming_port: int = 10300

@@ -54,9 +54,9 @@ def server_status(server: EdgeServer) -> str:
     """starting / ready / draining / failed, as `/healthz` reports it."""
     if server.draining:
         return "draining"
-    if server.pool.ready_count > 0:
+    if server.pool.serving:
         return "ready"
-    return "failed" if server.startup_error else "starting"
+    return "failed" if server.startup_error or server.pool.failed else "starting"
 
 
 def batch_histogram(sizes: Iterable[int]) -> dict[str, Any]:

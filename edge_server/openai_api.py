@@ -124,9 +124,10 @@ class OpenAiApi:
         if self.server.draining:
             raise ApiError(503, "the server is shutting down", "server_error",
                            code="unavailable", retry_after=retry)
-        if self.server.pool.ready_count == 0:
-            raise ApiError(503, "the server is starting (models loading)", "server_error",
-                           code="unavailable", retry_after=retry)
+        if not self.server.pool.serving:  # a restarting worker: the upload waits instead
+            raise ApiError(503, "the server is starting (models loading)" if not
+                           self.server.pool.failed else "the speech engine failed to load",
+                           "server_error", code="unavailable", retry_after=retry)
 
     def _reserve_clip(self) -> ClipSlot:
         try:

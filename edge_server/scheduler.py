@@ -1,19 +1,44 @@
-"""One dynamic batcher for all sessions: finals first, newest partial per session only.
+"""One dynamic batcher for all sessions: fair across sessions, finals before partials.
 
 Sessions `submit()` decode requests; the scheduler forms batches of up to `max_batch`
 (waiting at most `max_wait_ms` for a batch to fill while a worker is free), sends them to
 the `WorkerPool`, and hands every result to `on_result(request, text, error)`.
-- Finals are taken in arrival order before any partial.
-- Clip requests (kind "clip": uploaded files, Wyoming utterances) fill what finals and
-  partials leave of a batch, at most `clip_budget_s` of audio per batch, so a long upload
-  never starves live streams; their results resolve `request.future` instead.
-- A session has at most one queued partial: a newer one replaces it (coalescing).
-- Partials fill a batch only up to `partial_budget_s` of audio, so a batch of partials
-  frees its worker quickly and a final arriving meanwhile never waits behind much work.
-- Partials are skipped while the oldest final has waited more than `degrade_after_s`
-  (load shedding: partials degrade before finals).
-- A batch whose worker died is requeued with each request alone; a request that has now
-  been in two crashed batches fails with an error instead of looping.
+
+Batch composition, in this order of priority:
+1. A row being retried (see failures below) runs alone, before anything else.
+2. Finals, round-robin across sessions: each round visits the sessions in the order of
+   their oldest waiting final (oldest first) and takes one final from each (a session's
+   own finals in order). While other sessions have work queued, a session takes at most
+   `max_session_rows` rows in this pass. So whatever one client floods, every session
+   with a waiting final gets one into the next batch (as long as at most `max_batch`
+   sessions wait; beyond that, the sessions whose oldest final waited longest).
+3. Partials, at most one per session (a newer one replaces a queued one: coalescing),
+   oldest first, up to `partial_budget_s` of audio, so a batch of partials frees its
+   worker quickly. Partials are dropped while a final has waited more than
+   `degrade_after_s` to be served (load shedding: partials degrade before finals; the
+   wait is `oldest_final_wait()`: a session's next final counts from when the one before
+   it was taken, so one client's backlog is not the server being behind).
+4. Finals again, without the per-session cap, unless the batch holds a session's last
+   waiting final: a batch carrying such a final (a live stream's) stays small so that it
+   decodes quickly; one made only of backlogged sessions' finals fills up (throughput),
+   but while other sessions are active (submitted anything in the last `ACTIVE_S`) only
+   up to `backlog_batch_s` of expected decode time (audio / the pool's measured speed),
+   so a worker busy with a flood frees up soon for them.
+5. Clip requests (kind "clip": uploaded files, Wyoming utterances), round-robin across
+   jobs like finals, at most `clip_budget_s` of audio per batch, so a long upload never
+   starves live streams; their results resolve `request.future` instead.
+
+Failures (nothing is lost, nothing loops):
+- A batch that fails (the engine raised, the worker died, or it ran past its deadline and
+  was killed) is retried row by row before any row is failed. A row that fails alone is
+  reported with its error (`on_result(req, None, error)`); a row that has now been in two
+  batches that killed a worker fails with "crashed the worker twice" (poison rule).
+- A batch sent to a worker that was already dead (`WorkerLost`) goes back to the queues
+  unchanged: its rows are not to blame.
+- Partials follow the same rules (their retry is dropped instead once degraded or once
+  their segment's final is queued); every partial submitted is answered exactly once:
+  decoded text, or text None (dropped: the session may ask again), or an error.
+While no worker is ready (all restarting) requests simply wait in the queues.
 Runs on the event loop; not thread-safe.
 """
 
@@ -22,18 +47,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edge_server.background import spawn
-from edge_server.workers import BatchRejected, WorkerCrashed, WorkerPool
+from edge_server.workers import BatchRejected, WorkerCrashed, WorkerLost, WorkerPool
 
 log = logging.getLogger(__name__)
 
 MAX_CRASHES = 2
+SPEED_WINDOW = 200  # recent batches with finals/clips that measure the decode speed
+CAPACITY_MIN_BATCHES = 20  # ... measured before that speed is trusted for admission
+CRASHED_TWICE = "decoding this segment crashed the worker twice"
+ACTIVE_S = 5.0  # a session that submitted anything this recently is active (live)
 
 
 @dataclass(eq=False)
@@ -47,7 +76,7 @@ class DecodeRequest:
     created: float = field(default_factory=time.monotonic)
     speech_end: float = 0.0  # monotonic time the audio's end was received (finals)
     crashes: int = 0
-    solo: bool = False  # run alone (after a crash)
+    solo: bool = False  # run alone (a retry, or a segment suspected of crashing workers)
     cut: bool = False  # a final of speech cut short by the server ending the turn (drain)
     future: asyncio.Future | None = None  # clips: resolved with the text (or an exception)
 
@@ -67,16 +96,100 @@ class SchedulerStats:
     partials_dropped: int = 0
     clips: int = 0
     failed: int = 0
-    requeued: int = 0
+    requeued: int = 0  # rows retried alone after their batch failed
+    batch_failures: int = 0  # batches that failed (crash, hang, engine error)
     batch_sizes: deque = field(default_factory=lambda: deque(maxlen=1000))
     final_latency: deque = field(default_factory=lambda: deque(maxlen=2000))
+
+
+class FairQueue:
+    """Requests of one kind, queued per session; taken round-robin, oldest session first.
+
+    `len()` is the number of requests; `take()` implements the round-robin of the module
+    docstring. Event loop only."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[DecodeRequest]] = {}
+        self._front_since: dict[str, float] = {}  # when each session's front became front
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self):
+        for q in self._queues.values():
+            yield from q
+
+    def sessions(self) -> Iterable[str]:
+        return self._queues.keys()
+
+    def push(self, req: DecodeRequest) -> None:
+        if req.session_id not in self._queues:
+            self._front_since[req.session_id] = req.created
+        self._queues.setdefault(req.session_id, deque()).append(req)
+        self._count += 1
+
+    def push_front(self, req: DecodeRequest) -> None:
+        self._front_since[req.session_id] = req.created
+        self._queues.setdefault(req.session_id, deque()).appendleft(req)
+        self._count += 1
+
+    def front_wait(self) -> float:
+        """Longest time any session's next request has waited to be served: since it was
+        queued, or since the session's previous one was taken if later. (A session's own
+        backlog behind its front is its own doing, not the server's lateness.)"""
+        if not self._front_since:
+            return 0.0
+        return time.monotonic() - min(self._front_since.values())
+
+    def remove_session(self, session_id: str) -> list[DecodeRequest]:
+        removed = list(self._queues.pop(session_id, ()))
+        self._front_since.pop(session_id, None)
+        self._count -= len(removed)
+        return removed
+
+    def take(self, batch: list[DecodeRequest], max_rows: int, per_session: Counter,
+             cap: int | None = None, budget: float = float("inf")) -> float:
+        """Append requests to `batch` round-robin until it holds `max_rows`: per round, one
+        from each session, sessions ordered by their oldest request. A session stops at
+        `cap` rows in the batch (`per_session` counts them, updated here) or when its next
+        request would exceed the audio `budget` (a batch's first row always fits).
+        Returns the budget left."""
+        blocked: set[str] = set()
+        while len(batch) < max_rows:
+            order = sorted((q[0].created, sid) for sid, q in self._queues.items()
+                           if sid not in blocked and (cap is None or per_session[sid] < cap))
+            if not order:
+                break
+            for _, sid in order:
+                if len(batch) >= max_rows:
+                    break
+                q = self._queues[sid]
+                req = q[0]
+                if batch and req.seconds > budget:
+                    blocked.add(sid)
+                    continue
+                q.popleft()
+                self._count -= 1
+                if q:
+                    self._front_since[sid] = max(q[0].created, time.monotonic())
+                else:
+                    del self._queues[sid]
+                    del self._front_since[sid]
+                budget -= req.seconds
+                batch.append(req)
+                per_session[sid] += 1
+                if not q:
+                    blocked.add(sid)
+        return budget
 
 
 class Scheduler:
     def __init__(self, pool: WorkerPool, on_result: ResultCallback, max_batch: int = 16,
                  max_wait_ms: float = 10.0, degrade_after_s: float = 0.8,
                  partial_budget_s: float = 3.0, clip_budget_s: float = 60.0,
-                 on_batch: Callable[[list[DecodeRequest], float], None] | None = None) -> None:
+                 on_batch: Callable[[list[DecodeRequest], float], None] | None = None,
+                 max_session_rows: int = 4, backlog_batch_s: float = 1.0) -> None:
         self.on_batch = on_batch
         self.partial_budget = partial_budget_s
         self.pool = pool
@@ -84,12 +197,18 @@ class Scheduler:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.degrade_after = degrade_after_s
-        self.finals: deque[DecodeRequest] = deque()
+        self.max_session_rows = max(1, max_session_rows)
+        self.backlog_batch_s = backlog_batch_s
+        self._seen: dict[str, float] = {}  # session id -> its latest submit (monotonic)
+        self.finals = FairQueue()
         self.partials: dict[str, DecodeRequest] = {}
-        self.clips: deque[DecodeRequest] = deque()
+        self.clips = FairQueue()
+        self.retries: deque[DecodeRequest] = deque()  # rows run alone, first
         self.clip_budget = clip_budget_s
         self.in_flight = 0
         self.stats = SchedulerStats()
+        # (final+clip audio s, busy s attributed to it) of recent batches: admission's speed
+        self._final_speed: deque[tuple[float, float]] = deque(maxlen=SPEED_WINDOW)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._idle = asyncio.Event()
@@ -97,46 +216,76 @@ class Scheduler:
 
     # ---- API for sessions --------------------------------------------------------------
     def submit(self, req: DecodeRequest) -> None:
-        if req.kind == "clip":
-            self.clips.append(req)
-        elif req.kind == "final":
-            self.finals.append(req)
+        self._seen[req.session_id] = time.monotonic()
+        if req.kind == "final":
             old = self.partials.get(req.session_id)
             if old is not None and old.segment_id <= req.segment_id:
                 self._drop_partial(req.session_id)
+            self._drop_retried_partials(req.session_id, req.segment_id)
+        elif req.kind == "partial" and req.session_id in self.partials:
+            self._drop_partial(req.session_id)
+        if req.solo:
+            self.retries.append(req)
+        elif req.kind == "clip":
+            self.clips.push(req)
+        elif req.kind == "final":
+            self.finals.push(req)
         else:
-            if req.session_id in self.partials:
-                self._drop_partial(req.session_id)
             self.partials[req.session_id] = req
         self._idle.clear()
         self._wake.set()
 
     def _drop_partial(self, session_id: str) -> None:
         """Discard a queued partial; its session hears (text None) so it may ask again."""
-        req = self.partials.pop(session_id)
+        self._dropped(self.partials.pop(session_id))
+
+    def _dropped(self, req: DecodeRequest) -> None:
         self.stats.partials_dropped += 1
         self.on_result(req, None, None)
+
+    def _drop_retried_partials(self, session_id: str, up_to_segment: int) -> None:
+        stale = [r for r in self.retries if r.kind == "partial" and
+                 r.session_id == session_id and r.segment_id <= up_to_segment]
+        for req in stale:
+            self.retries.remove(req)
+            self._dropped(req)
 
     def drop_session(self, session_id: str) -> None:
         """Forget queued work of a session that is gone (in-flight work completes)."""
         self.partials.pop(session_id, None)
-        self.finals = deque(r for r in self.finals if r.session_id != session_id)
-        for req in self.clips:
-            if req.session_id == session_id and req.future is not None:
+        self._seen.pop(session_id, None)
+        self.finals.remove_session(session_id)
+        gone = self.clips.remove_session(session_id)
+        gone += [r for r in self.retries if r.session_id == session_id]
+        self.retries = deque(r for r in self.retries if r.session_id != session_id)
+        for req in gone:
+            if req.future is not None:
                 req.future.cancel()
-        self.clips = deque(r for r in self.clips if r.session_id != session_id)
         self._check_idle()
 
     @property
     def queue_depth(self) -> int:
-        return len(self.finals) + len(self.partials) + len(self.clips)
+        return len(self.finals) + len(self.partials) + len(self.clips) + len(self.retries)
 
     def oldest_final_wait(self) -> float:
-        return time.monotonic() - self.finals[0].created if self.finals else 0.0
+        """How far behind the server is on finals: the longest any session's next final
+        (or a final being retried) has waited to be served (see FairQueue.front_wait).
+        One client's own backlog does not count, so it degrades and refuses no one."""
+        retried = [time.monotonic() - r.created for r in self.retries if r.kind == "final"]
+        return max([self.finals.front_wait(), *retried])
 
     @property
     def degraded(self) -> bool:
         return self.oldest_final_wait() > self.degrade_after
+
+    def final_speed(self) -> float | None:
+        """Measured audio seconds of finals and clips decoded per busy second of one worker
+        (partials excluded: they are shed under load), over the last `SPEED_WINDOW` batches
+        holding any; None until `CAPACITY_MIN_BATCHES` such batches were measured."""
+        if len(self._final_speed) < CAPACITY_MIN_BATCHES:
+            return None
+        busy = sum(b for _, b in self._final_speed)
+        return sum(a for a, _ in self._final_speed) / busy if busy > 0 else None
 
     async def wait_idle(self) -> None:
         """Until nothing is queued or running."""
@@ -153,14 +302,15 @@ class Scheduler:
 
     async def _run(self) -> None:
         while True:
-            if not self.finals and not self.partials and not self.clips:
+            if not self.queue_depth:
                 self._wake.clear()
                 await self._wake.wait()
-            worker = await self.pool.acquire()
+            worker = await self.pool.acquire()  # waits while no worker is ready
             await self._fill_window()
             batch = self._take_batch()
             if not batch:
                 await self.pool.release(worker)
+                self._check_idle()
                 continue
             self.in_flight += 1
             spawn(self._dispatch(worker, batch), "dispatch")
@@ -169,7 +319,7 @@ class Scheduler:
         """Wait up to max_wait for the queue to reach a full batch."""
         deadline = time.monotonic() + self.max_wait
         while self.queue_depth < self.max_batch and time.monotonic() < deadline:
-            if (self.finals and self.finals[0].solo) or (self.clips and self.clips[0].solo):
+            if self.retries:
                 return
             self._wake.clear()
             try:
@@ -178,15 +328,21 @@ class Scheduler:
                 return
 
     def _take_batch(self) -> list[DecodeRequest]:
-        if self.finals and self.finals[0].solo:
-            return [self.finals.popleft()]
-        if not self.finals and self.clips and self.clips[0].solo:
-            return [self.clips.popleft()]
+        now = time.monotonic()
+        self._seen = {sid: t for sid, t in self._seen.items() if now - t < ACTIVE_S}
         degraded = self.degraded  # judged before this batch takes the waiting finals
+        while self.retries:
+            req = self.retries.popleft()
+            if req.kind == "partial" and degraded:
+                self._dropped(req)
+                continue
+            return [req]
         batch: list[DecodeRequest] = []
-        while self.finals and len(batch) < self.max_batch and not self.finals[0].solo:
-            batch.append(self.finals.popleft())
-        if len(batch) < self.max_batch and self.partials:
+        rows: Counter = Counter()
+        waiting = set(self.finals.sessions()) | set(self.partials) | set(self.clips.sessions())
+        cap = self.max_session_rows if len(waiting) > 1 else None
+        self.finals.take(batch, self.max_batch, rows, cap)
+        if self.partials:
             if degraded:
                 for session_id in list(self.partials):
                     self._drop_partial(session_id)
@@ -197,53 +353,98 @@ class Scheduler:
                         break
                     budget -= req.seconds
                     batch.append(self.partials.pop(req.session_id))
-        budget = self.clip_budget
-        while self.clips and len(batch) < self.max_batch and not self.clips[0].solo:
-            if budget < self.clips[0].seconds and batch:
-                break
-            budget -= self.clips[0].seconds
-            batch.append(self.clips.popleft())
+        if not any(r.kind == "final" and r.session_id not in self.finals.sessions()
+                   for r in batch):  # no session has all its finals here: fill up
+            self.finals.take(batch, self.max_batch, rows, budget=self._backlog_budget(batch))
+        self.clips.take(batch, self.max_batch, rows, budget=self.clip_budget)
         return batch
+
+    def _backlog_budget(self, batch: list[DecodeRequest]) -> float:
+        """Audio seconds a batch may still take from backlogs (step 4 of the docstring)."""
+        live = set(self._seen) - set(self.finals.sessions())  # active, not backlogged
+        speed = self.pool.speed()
+        if speed is None or not live:
+            return float("inf")
+        return self.backlog_batch_s * speed - sum(r.seconds for r in batch)
 
     async def _dispatch(self, worker, batch: list[DecodeRequest]) -> None:
         started = time.monotonic()
         try:
-            texts = await self.pool.run(worker, [r.audio for r in batch])
+            decoded = await self.pool.run(worker, [r.audio for r in batch])
+        except WorkerLost as exc:
+            log.warning("%s; %d request(s) go back to the queue", exc, len(batch))
+            self._requeue(batch)
         except WorkerCrashed as exc:
-            log.warning("%s; requeueing %d request(s) one by one", exc, len(batch))
-            for req in batch:
-                req.crashes += 1
-                if req.crashes >= MAX_CRASHES:
-                    self.stats.failed += 1
-                    self.on_result(req, None, "decoding this segment crashed the worker twice")
-                elif req.kind in ("final", "clip"):
-                    req.solo = True
-                    self.stats.requeued += 1
-                    (self.finals if req.kind == "final" else self.clips).appendleft(req)
-            self._wake.set()
+            log.warning("%s; retrying its %d request(s) one by one", exc, len(batch))
+            self._failed_batch(batch, crashed=True, error=CRASHED_TWICE)
         except BatchRejected as exc:
-            for req in batch:
-                self.stats.failed += 1
-                self.on_result(req, None, str(exc))
+            log.warning("the engine refused a batch of %d: %s", len(batch), exc)
+            self._failed_batch(batch, crashed=False, error=str(exc))
+        except Exception as exc:  # a fault on our side: never lose the rows
+            log.exception("batch of %d failed", len(batch))
+            self._failed_batch(batch, crashed=False, error=f"{type(exc).__name__}: {exc}")
         else:
-            if self.on_batch is not None:
-                self.on_batch(batch, time.monotonic() - started)
-            self.stats.batches += 1
-            self.stats.batch_sizes.append(len(batch))
-            now = time.monotonic()
-            for req, text in zip(batch, texts, strict=True):
-                if req.kind == "final":
-                    self.stats.finals += 1
-                    self.stats.final_latency.append(now - (req.speech_end or req.created))
-                elif req.kind == "clip":
-                    self.stats.clips += 1
-                else:
-                    self.stats.partials += 1
-                self.on_result(req, text, None)
+            self._delivered(batch, decoded.texts, decoded.busy_s, time.monotonic() - started)
         finally:
             self.in_flight -= 1
+            self._wake.set()
             self._check_idle()
 
+    def _delivered(self, batch: list[DecodeRequest], texts: list[str], busy_s: float,
+                   wall_s: float) -> None:
+        if self.on_batch is not None:
+            self.on_batch(batch, wall_s)
+        self.stats.batches += 1
+        self.stats.batch_sizes.append(len(batch))
+        total = sum(r.seconds for r in batch)
+        counted = sum(r.seconds for r in batch if r.kind != "partial")
+        if counted > 0 and busy_s > 0:
+            self._final_speed.append((counted, busy_s * counted / total))
+        now = time.monotonic()
+        for req, text in zip(batch, texts, strict=True):
+            if req.kind == "final":
+                self.stats.finals += 1
+                self.stats.final_latency.append(now - (req.speech_end or req.created))
+            elif req.kind == "clip":
+                self.stats.clips += 1
+            else:
+                self.stats.partials += 1
+            self.on_result(req, text, None)
+
+    def _failed_batch(self, batch: list[DecodeRequest], crashed: bool, error: str) -> None:
+        """Retry every row alone; fail a row that failed alone (or crashed workers twice)."""
+        self.stats.batch_failures += 1
+        for req in batch:
+            if crashed:
+                req.crashes += 1
+            if req.crashes >= MAX_CRASHES or (len(batch) == 1 and not crashed):
+                self._fail(req, error)
+            else:
+                req.solo = True
+                self.stats.requeued += 1
+                self.retries.append(req)
+
+    def _fail(self, req: DecodeRequest, error: str) -> None:
+        if req.kind == "partial":
+            self.stats.partials_dropped += 1
+        else:
+            self.stats.failed += 1
+        self.on_result(req, None, error)
+
+    def _requeue(self, batch: list[DecodeRequest]) -> None:
+        """Put a blameless batch back where its rows came from, at the front."""
+        for req in reversed(batch):
+            if req.solo:
+                self.retries.appendleft(req)
+            elif req.kind == "final":
+                self.finals.push_front(req)
+            elif req.kind == "clip":
+                self.clips.push_front(req)
+            elif req.session_id in self.partials:  # a newer partial came meanwhile
+                self._dropped(req)
+            else:
+                self.partials[req.session_id] = req
+
     def _check_idle(self) -> None:
-        if self.in_flight == 0 and not self.finals and not self.partials and not self.clips:
+        if self.in_flight == 0 and not self.queue_depth:
             self._idle.set()

@@ -59,7 +59,8 @@ class Session:
         self._ready: dict[int, dict] = {}  # decoded finals waiting for earlier segments
         self.segments_submitted = 0
         self.pending_finals = 0
-        self.partial_in_flight = False
+        self.partial_in_flight = False  # one partial at a time; every one is answered
+        self._partial_failed_segment = -1  # a segment whose partial failed to decode
         self._last_partial_samples = 0
         self._partial_segment = -1
         self._told_degraded = False
@@ -150,7 +151,8 @@ class Session:
         self._finals_drained.clear()
         self.scheduler.submit(DecodeRequest(
             self.id, segment.id, "final", segment.audio, segment.start, segment.end,
-            speech_end=time.monotonic(), cut=cut))
+            speech_end=time.monotonic(), cut=cut,
+            solo=segment.id == self._partial_failed_segment))  # suspect: alone, spare others
 
     def _tell_load(self) -> bool:
         """Tell the client when partials pause because the server is behind, and resume."""
@@ -165,15 +167,18 @@ class Session:
     def _maybe_partial(self) -> None:
         if self._tell_load() or not self.partials or self.partial_in_flight:
             return
-        opened = self.segmenter.open_segment()
-        if opened is None:
+        span = self.segmenter.open_span()  # no copy: most frames send no partial
+        if span is None:
             return
-        seg_id, start, audio = opened
+        seg_id, start, end = span
         # cadence in stream time: one partial per `partial_interval_ms` of new audio (so a
         # real-time stream gets them at that wall-clock pace, never faster than decoded)
         step = self.settings.partial_interval_ms * SAMPLE_RATE // 1000
-        if seg_id == self._partial_segment and len(audio) - self._last_partial_samples < step:
+        if seg_id == self._partial_failed_segment:
+            return  # its audio failed alone (or killed workers twice): no more partials of it
+        if seg_id == self._partial_segment and end - start - self._last_partial_samples < step:
             return
+        audio = self.segmenter.buffer.slice(start, end)  # the open segment only
         self.partial_in_flight = True
         self._last_partial_samples = len(audio)
         self._partial_segment = seg_id
@@ -189,7 +194,9 @@ class Session:
     # ---- results out -------------------------------------------------------------------
     def on_result(self, req: DecodeRequest, text: str | None, error: str | None) -> None:
         if req.kind == "partial":
-            self.partial_in_flight = False
+            self.partial_in_flight = False  # answered (text, dropped or failed): may ask again
+            if error is not None:
+                self._partial_failed_segment = req.segment_id
             if text and not self.ending and req.segment_id == self.segmenter.open_segment_id:
                 self._send({"type": "partial", "segment": req.segment_id,
                             "start": round(req.start / SAMPLE_RATE, 3), "text": text})

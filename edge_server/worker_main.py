@@ -5,8 +5,10 @@ Child -> parent: ("ready", info), ("result", batch_id, texts, busy_seconds),
 ("error", batch_id, message) for a batch the engine refused (the worker lives on).
 A crash (segfault, OOM kill, os._exit) closes the pipe; the parent requeues the batch.
 
-EARSHOT_WORKER_FAULT="crash-if-peak-above=X" makes the worker exit abruptly when a batch
-holds a sample with |value| >= X: a fault-injection hook for tests of crash recovery.
+Fault injection for tests of recovery: EARSHOT_WORKER_FAULT="<mode>-if-peak-above=X" acts
+when a batch holds a sample with |value| >= X. Modes: `crash` (the process exits
+abruptly), `raise` (the engine raises: the batch gets an error reply), `hang` (the worker
+sleeps forever: the parent's deadline must kill it).
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import os
 import time
 from multiprocessing.connection import Connection
 
+FAULT_MODES = ("crash", "raise", "hang")
 
-def _fault_threshold() -> float | None:
+
+def _fault() -> tuple[str, float] | None:
+    """(mode, threshold) from EARSHOT_WORKER_FAULT, or None."""
     spec = os.environ.get("EARSHOT_WORKER_FAULT", "")
-    if spec.startswith("crash-if-peak-above="):
-        return float(spec.split("=", 1)[1])
+    mode, sep, value = spec.partition("-if-peak-above=")
+    if sep and mode in FAULT_MODES:
+        return mode, float(value)
     return None
 
 
@@ -38,7 +44,8 @@ def worker_main(conn: Connection, model_id: str | None, device: str, threads: in
         return
     conn.send(("ready", {"model": engine.model_id, "provider": engine.provider,
                          "device": engine.device, "pid": os.getpid()}))
-    fault = _fault_threshold()
+    fault = _fault()
+    parent = os.getppid()
     while True:
         try:
             msg = conn.recv()
@@ -47,10 +54,18 @@ def worker_main(conn: Connection, model_id: str | None, device: str, threads: in
         if msg[0] == "stop":
             return
         _, batch_id, audios = msg
-        if fault is not None and any(len(a) and float(abs(a).max()) >= fault for a in audios):
+        faulty = fault is not None and any(
+            len(a) and float(abs(a).max()) >= fault[1] for a in audios)
+        if faulty and fault[0] == "crash":
             os._exit(77)
+        while faulty and fault[0] == "hang":
+            time.sleep(0.5)
+            if os.getppid() != parent:  # never outlive the server while hung
+                os._exit(0)
         started = time.perf_counter()
         try:
+            if faulty:
+                raise ValueError("injected engine fault (EARSHOT_WORKER_FAULT)")
             texts = engine.transcribe_batch(audios)
             reply = ("result", batch_id, texts, time.perf_counter() - started)
         except Exception as exc:

@@ -3,8 +3,26 @@
 `WorkerPool` starts N processes (multiprocessing 'spawn'), each owning one engine, and
 runs batches on them, awaiting the texts. Blocking pipe I/O runs in one thread per
 worker, never on the loop.
-A worker that dies or exceeds its deadline raises `WorkerCrashed` to the caller (who
-requeues the batch) and is replaced, with backoff if replacements keep dying.
+
+- A worker that dies during a batch, or runs past the batch's deadline (it is then
+  killed), raises `WorkerCrashed` to the caller, who retries the rows; `WorkerLost` (a
+  `WorkerCrashed`) when the reserved worker was already dead before the batch was sent
+  (the rows are not to blame); an engine exception raises `BatchRejected` (the worker
+  lives on).
+- Every dead worker is replaced in its slot: at once, unless the slot's workers keep
+  dying without finishing a batch (from the third death in a row: after 0.5 s, doubling
+  up to 30 s). A worker
+  found dead while idle (its process sentinel closes) is replaced before any batch is
+  sent to it. A replacement that cannot load its engine is retried every 5 s.
+- Hang deadline of a batch holding `a` seconds of audio:
+  `clamp(deadline_factor * a / v, deadline_floor_s, deadline_cap_s)`, where `v` is the
+  pool's measured speed (audio seconds decoded per busy second of one worker, over the
+  last `SPEED_WINDOW` batches); `deadline_cap_s` until `MIN_MEASURED` batches are measured.
+- States: `ready_count` workers are ready; `restarting` slots are being replaced;
+  `ever_ready` once any worker has loaded; `failed` when none is ready and every slot's
+  last start attempt failed (the engine cannot load any more); `serving` = ever ready,
+  not failed, not closing. While slots restart, `acquire()` simply waits: work queued by
+  the caller waits for a worker, it never fails for want of one.
 `acquire()` reserves an idle worker, `run(worker, audios)` decodes on it and releases it.
 All methods must be called from the event loop's thread.
 """
@@ -16,7 +34,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing as mp
-import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -28,9 +46,17 @@ from edge_server.worker_main import worker_main
 
 log = logging.getLogger(__name__)
 
+SPEED_WINDOW = 200  # recent batches the measured speed is taken over
+MIN_MEASURED = 5  # batches measured before the deadline follows the speed
+RESTART_RETRY_S = 5.0  # wait between attempts to start a replacement that failed to load
+
 
 class WorkerCrashed(RuntimeError):
     """The worker running a batch died or hung; the batch was not decoded."""
+
+
+class WorkerLost(WorkerCrashed):
+    """The reserved worker was found dead before the batch was sent: the batch is blameless."""
 
 
 class BatchRejected(RuntimeError):
@@ -45,7 +71,17 @@ class WorkerConfig:
     workers: int = 1
     noop: bool = False
     start_timeout_s: float = 120.0
-    min_deadline_s: float = 30.0  # a batch may take at least this long before it is killed
+    deadline_floor_s: float = 5.0  # a batch may always take this long before it is killed
+    deadline_cap_s: float = 20.0  # ... and never longer
+    deadline_factor: float = 4.0  # ... in between: this many times its expected cost
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded batch: one text per input, and the engine's busy seconds."""
+
+    texts: list[str]
+    busy_s: float
 
 
 @dataclass
@@ -57,8 +93,9 @@ class _Worker:
     info: dict = field(default_factory=dict)
     busy: bool = False
     alive: bool = True
-    busy_seconds: float = 0.0
-    audio_seconds: float = 0.0
+    replaced: bool = False  # _replace has run for it (exactly once)
+    exited: bool = False  # its process exited (sentinel) while it ran a batch
+    watched: bool = False  # its sentinel is registered with the loop
 
 
 class WorkerPool:
@@ -69,20 +106,36 @@ class WorkerPool:
         self._idle = asyncio.Condition()
         self._batch_ids = itertools.count()
         self._closing = False
-        self._restarts: list[float] = []
+        self._replacing: set[int] = set()
+        self._deaths = [0] * config.workers  # per slot: deaths since its last finished batch
+        self._start_failures = [0] * config.workers  # per slot: failed starts in a row
+        self._measured: deque[tuple[float, float]] = deque(maxlen=SPEED_WINDOW)
         self.restart_count = 0
+        self.ever_ready = False
         self.info: dict = {}
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        """Start every worker; returns when all have loaded their engine."""
-        await asyncio.gather(*(self._spawn(i) for i in range(self.config.workers)))
+        """Start every worker; returns when all have loaded their engine (or failed to).
+
+        Raises RuntimeError when no worker could start; a slot that failed while others
+        started stays empty (logged) and counts as failed."""
+        results = await asyncio.gather(*(self._spawn(i) for i in range(self.config.workers)),
+                                       return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for i, r in enumerate(results):
+            if isinstance(r, BaseException):
+                self._start_failures[i] += 1
+                log.error("worker %d did not start: %s", i, r)
+        if len(errors) == len(results):
+            raise errors[0]
 
     async def stop(self) -> None:
         self._closing = True
         for w in self._workers:
             if w is None:
                 continue
+            self._unwatch(w)
             with contextlib.suppress(OSError, BrokenPipeError):
                 w.conn.send(("stop",))
         loop = asyncio.get_running_loop()
@@ -110,42 +163,90 @@ class WorkerPool:
                 loop.run_in_executor(worker.executor, parent.recv), c.start_timeout_s)
         except (EOFError, OSError, TimeoutError) as exc:
             proc.kill()
+            worker.executor.shutdown(wait=False, cancel_futures=True)
             raise RuntimeError(f"worker {index} did not start: {exc!r}") from None
         if msg[0] != "ready":
             proc.join(5)
+            worker.executor.shutdown(wait=False, cancel_futures=True)
             raise RuntimeError(f"worker {index} could not load the engine: {msg[1]}")
+        if self._closing:
+            proc.kill()
+            return
         worker.info = msg[1]
         self.info = msg[1]
         log.info("worker %d ready: pid %s, %s on %s", index, msg[1]["pid"], msg[1]["model"],
                  msg[1]["provider"])
         self._workers[index] = worker
+        self._start_failures[index] = 0
+        self.ever_ready = True
+        self._watch(worker)
         async with self._idle:
             self._idle.notify_all()
 
-    async def _replace(self, worker: _Worker) -> None:
+    def _watch(self, worker: _Worker) -> None:
+        """Replace the worker as soon as its process exits while idle."""
+        try:
+            asyncio.get_running_loop().add_reader(worker.process.sentinel, self._exited, worker)
+            worker.watched = True
+        except (NotImplementedError, OSError, ValueError):  # a loop without add_reader
+            worker.watched = False
+
+    def _unwatch(self, worker: _Worker) -> None:
+        if worker.watched:
+            worker.watched = False
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(worker.process.sentinel)
+
+    def _exited(self, worker: _Worker) -> None:
+        self._unwatch(worker)
+        if worker.busy:
+            worker.exited = True  # the running batch notices (EOF, or after its answer)
+            return
+        if worker.replaced or self._closing:
+            return
         worker.alive = False
+        log.warning("worker %d (pid %s) exited while idle", worker.index, worker.process.pid)
+        spawn(self._replace(worker), f"replace-worker-{worker.index}")
+
+    async def _replace(self, worker: _Worker) -> None:
+        if worker.replaced:
+            return
+        worker.replaced = True
+        worker.alive = False
+        self._unwatch(worker)
         with contextlib.suppress(Exception):
             worker.process.kill()
         worker.executor.shutdown(wait=False, cancel_futures=True)
-        self._workers[worker.index] = None
+        with contextlib.suppress(Exception):
+            worker.conn.close()
+        index = worker.index
+        if self._workers[index] is worker:
+            self._workers[index] = None
         if self._closing:
             return
-        self.restart_count += 1
-        now = time.monotonic()
-        self._restarts = [t for t in self._restarts if now - t < 60] + [now]
-        delay = min(30.0, 0.5 * 2 ** max(0, len(self._restarts) - 2))
-        log.warning("worker %d died (exit %s); restarting in %.1fs", worker.index,
-                    worker.process.exitcode, delay)
-        await asyncio.sleep(delay)
-        while not self._closing:
-            try:
-                await self._spawn(worker.index)
-                return
-            except RuntimeError as exc:
-                log.error("%s; retrying in 5s", exc)
-                await asyncio.sleep(5)
+        self._replacing.add(index)
+        try:
+            self.restart_count += 1
+            self._deaths[index] += 1
+            deaths = self._deaths[index]
+            delay = 0.0 if deaths <= 2 else min(30.0, 0.5 * 2 ** (deaths - 3))
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(None, worker.process.join, 1.0)
+            log.warning("worker %d died (exit %s); restarting%s", index, worker.process.exitcode,
+                        f" in {delay:.1f}s" if delay else "")
+            await asyncio.sleep(delay)
+            while not self._closing:
+                try:
+                    await self._spawn(index)
+                    return
+                except RuntimeError as exc:
+                    self._start_failures[index] += 1
+                    log.error("%s; retrying in %gs", exc, RESTART_RETRY_S)
+                    await asyncio.sleep(RESTART_RETRY_S)
+        finally:
+            self._replacing.discard(index)
 
-    # ---- running batches ---------------------------------------------------------------
+    # ---- state -----------------------------------------------------------------------
     @property
     def ready_count(self) -> int:
         return sum(1 for w in self._workers if w is not None and w.alive)
@@ -154,20 +255,51 @@ class WorkerPool:
     def idle_count(self) -> int:
         return sum(1 for w in self._workers if w is not None and w.alive and not w.busy)
 
-    def speed(self) -> float:
-        """Measured audio seconds decoded per busy second, summed over live workers."""
-        total = 0.0
-        for w in self._workers:
-            if w is not None and w.busy_seconds > 0:
-                total += w.audio_seconds / w.busy_seconds
-        return total
+    @property
+    def restarting(self) -> int:
+        """Slots whose worker died and is being replaced (not counting slots whose
+        replacement already failed to load: those are failing, not restarting)."""
+        return sum(1 for i in self._replacing if self._start_failures[i] == 0)
 
+    @property
+    def failed(self) -> bool:
+        """No worker is ready and every slot's last attempt to start one failed."""
+        return self.ready_count == 0 and all(n > 0 for n in self._start_failures)
+
+    @property
+    def serving(self) -> bool:
+        """Work submitted now will be decoded: a worker is ready, or one has been and its
+        slots are restarting (not failing to load)."""
+        return self.ever_ready and not self.failed and not self._closing
+
+    def speed(self) -> float | None:
+        """Measured audio seconds decoded per busy second of one worker (recent batches);
+        None until `MIN_MEASURED` batches; inf when they took no measurable time."""
+        if len(self._measured) < MIN_MEASURED:
+            return None
+        audio = sum(a for a, _ in self._measured)
+        busy = sum(b for _, b in self._measured)
+        return audio / busy if busy > 0 else float("inf")
+
+    def deadline(self, audio_s: float) -> float:
+        """Seconds a batch of `audio_s` audio may run before its worker is killed as hung."""
+        c = self.config
+        speed = self.speed()
+        if speed is None:
+            return c.deadline_cap_s
+        return min(c.deadline_cap_s, max(c.deadline_floor_s, c.deadline_factor * audio_s / speed))
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w is not None and w.alive]
+
+    # ---- running batches ---------------------------------------------------------------
     async def wait_idle(self) -> None:
         async with self._idle:
             await self._idle.wait_for(lambda: self.idle_count > 0)
 
     async def acquire(self) -> _Worker:
-        """Reserve an idle worker (waits for one). Pass it to run() or release()."""
+        """Reserve an idle worker (waits for one, also while every slot restarts).
+        Pass it to run() or release()."""
         while True:
             await self.wait_idle()
             worker = next((w for w in self._workers if w is not None and w.alive and not w.busy),
@@ -181,11 +313,11 @@ class WorkerPool:
         async with self._idle:
             self._idle.notify_all()
 
-    async def run(self, worker: _Worker, audios: list[np.ndarray]) -> list[str]:
+    async def run(self, worker: _Worker, audios: list[np.ndarray]) -> Decoded:
         """Decode on a reserved worker, then release it. Raises WorkerCrashed/BatchRejected."""
         batch_id = next(self._batch_ids)
         audio_s = sum(len(a) for a in audios) / 16_000
-        deadline = max(self.config.min_deadline_s, 5.0 * audio_s)
+        deadline = self.deadline(audio_s)
         loop = asyncio.get_running_loop()
 
         def exchange():
@@ -193,19 +325,28 @@ class WorkerPool:
             return worker.conn.recv()
 
         try:
-            msg = await asyncio.wait_for(loop.run_in_executor(worker.executor, exchange),
-                                         deadline)
-        except (EOFError, OSError, BrokenPipeError, TimeoutError) as exc:
-            spawn(self._replace(worker), f"replace-worker-{worker.index}")
-            raise WorkerCrashed(f"worker {worker.index} failed during a batch: {exc!r}") from None
+            if worker.exited or not worker.process.is_alive():
+                worker.alive = False
+                spawn(self._replace(worker), f"replace-worker-{worker.index}")
+                raise WorkerLost(f"worker {worker.index} was dead before the batch was sent")
+            try:
+                msg = await asyncio.wait_for(loop.run_in_executor(worker.executor, exchange),
+                                             deadline)
+            except (EOFError, OSError, BrokenPipeError, TimeoutError) as exc:
+                worker.alive = False  # before release: nobody may acquire it again
+                spawn(self._replace(worker), f"replace-worker-{worker.index}")
+                what = (f"ran past its {deadline:.1f}s deadline"
+                        if isinstance(exc, TimeoutError) else f"died ({exc!r})")
+                raise WorkerCrashed(f"worker {worker.index} {what} during a batch of "
+                                    f"{len(audios)} ({audio_s:.1f}s of audio)") from None
+            if worker.exited:  # it answered, then died: replace it before it is reused
+                worker.alive = False
+                spawn(self._replace(worker), f"replace-worker-{worker.index}")
         finally:
             await self.release(worker)
         if msg[0] == "error":
             raise BatchRejected(msg[2])
         _, _, texts, busy = msg
-        worker.busy_seconds += busy
-        worker.audio_seconds += audio_s
-        return texts
-
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers if w is not None and w.alive]
+        self._deaths[worker.index] = 0
+        self._measured.append((audio_s, busy))
+        return Decoded(texts, busy)

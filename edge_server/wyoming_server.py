@@ -149,7 +149,7 @@ class WyomingServer:
         """Why an utterance cannot be decoded right now, or None."""
         if self.edge.draining:
             return "server is shutting down"
-        if self.edge.pool.ready_count == 0:
+        if not self.edge.pool.serving:  # restarting workers: the utterance waits
             return "server is starting (models loading)"
         return None
 

@@ -1,8 +1,10 @@
-"""Refusing sessions at the door (503 + Retry-After) and draining on SIGTERM."""
+"""Refusing sessions at the door (503 + Retry-After) only when truly unable to serve them,
+admitting them while workers restart, and draining on SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 
@@ -12,7 +14,7 @@ import pytest
 from desktop.stream_client import StreamClient, StreamError
 from edge_server.audio import read_audio
 from tests.conftest import DEV
-from tests.server_harness import start_server
+from tests.server_harness import start_server, stream_audio
 
 
 def test_full_server_refuses_with_503_and_retry_after():
@@ -33,6 +35,52 @@ def test_full_server_refuses_with_503_and_retry_after():
         assert server.health()["counters"]["sessions_rejected"] == 1
     finally:
         server.stop()
+
+
+def test_new_streams_are_admitted_while_every_worker_restarts():
+    """Both workers SIGKILLed: restarting is not being over capacity, so a new stream is
+    admitted (no 503), its audio waits for the replacements, and it is transcribed."""
+    server = start_server("--workers", "2")
+    audio = read_audio(DEV / "sherpa-test-wavs/0.wav")
+    try:
+        deadline = time.monotonic() + 60
+        while len(pids := server.health()["worker_pids"]) < 2:  # "ready" needs only one
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while server.health()["workers_ready"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        health = server.health()
+        assert health["workers_ready"] == 0 and health["status"] == "ready", health
+
+        finals, _ = asyncio.run(stream_audio(server.url, audio, partials=True))
+        assert len(finals) == 1 and not finals[0].error
+        assert "nightfall" in finals[0].text.lower()
+        health = server.health()
+        assert health["counters"].get("sessions_rejected", 0) == 0
+        assert health["worker_restarts"] >= 2 and not set(pids) & set(health["worker_pids"])
+    finally:
+        server.stop()
+
+
+def test_a_server_whose_workers_never_loaded_refuses():
+    """Before any worker has loaded (or when none could), new streams get 503."""
+    from edge_server.app import EdgeServer
+    from edge_server.config import ServerSettings
+
+    server = EdgeServer(ServerSettings(noop_engine=True))
+    try:
+        assert server.admission_refusal() == "server is starting (models loading)"
+        server.startup_error = "worker 0 could not load the engine: boom"
+        assert server.admission_refusal() == ("server failed to start: worker 0 could not "
+                                              "load the engine: boom")
+        server.draining = True
+        assert server.admission_refusal() == "server is shutting down"
+    finally:
+        server.clips.close()
+        server.vad.close()
 
 
 def test_sigterm_drains_open_segments_and_ends_turns():

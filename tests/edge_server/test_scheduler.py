@@ -1,21 +1,25 @@
-"""Scheduler policy with a real worker process (no-op engine): ordering, coalescing, shedding."""
+"""Scheduler policy with a real worker process (no-op engine): ordering, coalescing, shedding,
+fairness across sessions, and recovery from engine exceptions, crashes and hangs (the
+worker's fault-injection hook, see edge_server/worker_main.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import numpy as np
 
 from edge_server.scheduler import DecodeRequest, Scheduler
-from edge_server.workers import WorkerConfig, WorkerPool
+from edge_server.workers import Decoded, WorkerConfig, WorkerPool
 
 
 def req(session: str, seg: int, kind: str) -> DecodeRequest:
     return DecodeRequest(session, seg, kind, np.ones(1600, np.float32))
 
 
-async def with_scheduler(body, **kw):
-    pool = WorkerPool(WorkerConfig(noop=True, workers=1))
+async def with_scheduler(body, config: WorkerConfig | None = None, **kw):
+    pool = WorkerPool(config or WorkerConfig(noop=True, workers=1))
     await pool.start()
     results: list = []
     sched = Scheduler(pool, lambda r, text, err: results.append((r, text, err)), **kw)
@@ -115,3 +119,260 @@ def test_dropping_a_clip_job_cancels_its_queued_requests():
         assert [r for r, _, _ in results] == [kept]
 
     asyncio.run(with_scheduler(body))
+
+
+def test_a_flooding_session_cannot_push_ahead_of_another_sessions_final():
+    """100 finals from one session queued; another session's single final, submitted while
+    the flood's first batch is decoding, goes into the very next batch, which the flood
+    fills only up to its per-session cap."""
+    batches: list[list[str]] = []
+
+    async def body(sched, pool, results):
+        quiet = req("quiet", 0, "final")
+
+        def on_batch(batch, seconds):
+            batches.append([r.session_id for r in batch])
+            if len(batches) == 1:  # the flood's first batch is done decoding: submit now
+                sched.submit(quiet)
+
+        sched.on_batch = on_batch
+        held = await pool.acquire()
+        sched.start()
+        for i in range(100):
+            sched.submit(req("flood", i, "final"))
+        await pool.release(held)
+        await asyncio.wait_for(sched.wait_idle(), 30)
+        assert batches[0] == ["flood"] * 16
+        assert "quiet" in batches[1], batches[:3]
+        assert len(batches[1]) == 5  # 4 (the flood's cap) + 1: it stays small, decodes fast
+        flood = [r.segment_id for r, _, _ in results if r.session_id == "flood"]
+        assert flood == list(range(100))  # a session's own finals keep their order
+        assert sched.stats.finals == 101 and sched.queue_depth == 0
+
+    asyncio.run(with_scheduler(body))
+
+
+def test_a_session_takes_at_most_its_row_cap_while_others_wait():
+    """With others' partials waiting, the flooder gets `max_session_rows` rows first; what
+    is left after their partials is filled with more of its finals."""
+    async def body(sched, pool, results):
+        held = await pool.acquire()
+        sched.start()
+        for i in range(100):
+            sched.submit(req("flood", i, "final"))
+        for n in range(6):
+            sched.submit(req(f"talker-{n}", 0, "partial"))
+        await pool.release(held)
+        await asyncio.wait_for(sched.wait_idle(), 30)
+        first = [(r.session_id, r.kind) for r, _, _ in results[:16]]
+        assert sorted(s for s, kind in first if kind == "partial") == [
+            f"talker-{n}" for n in range(6)]
+        assert sum(1 for s, _ in first if s == "flood") == 10  # 4 capped + 6 to fill up
+        assert sched.stats.batch_sizes[0] == 16
+
+    asyncio.run(with_scheduler(body, max_session_rows=4))
+
+
+def test_one_sessions_backlog_does_not_degrade_the_others():
+    """A flood's own queue is not the server being behind: once its finals are being
+    served, other sessions' partials are decoded, not shed."""
+    seen: list = []
+
+    async def body(sched, pool, results):
+        talker = req("talker", 0, "partial")
+
+        def on_batch(batch, seconds):
+            if not seen:
+                seen.append(sched.degraded)
+                sched.submit(talker)
+
+        sched.on_batch = on_batch
+        held = await pool.acquire()
+        sched.start()
+        for i in range(100):
+            sched.submit(req("flood", i, "final"))
+        await asyncio.sleep(0.3)
+        assert sched.degraded  # nobody has been served for 0.3 s: truly behind
+        await pool.release(held)
+        await asyncio.wait_for(sched.wait_idle(), 30)
+        assert seen == [False]
+        assert [(t, e) for r, t, e in results if r is talker] == [("speech", None)]
+
+    asyncio.run(with_scheduler(body, degrade_after_s=0.2))
+
+
+def test_finals_are_taken_oldest_session_first_one_per_round():
+    async def body(sched, pool, results):
+        held = await pool.acquire()
+        sched.start()
+        for i in range(3):
+            sched.submit(req("a", i, "final"))
+        for i in range(3):
+            sched.submit(req("b", i, "final"))
+        await pool.release(held)
+        await asyncio.wait_for(sched.wait_idle(), 10)
+        order = [(r.session_id, r.segment_id) for r, _, _ in results]
+        assert order == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+
+    asyncio.run(with_scheduler(body, max_session_rows=1))
+
+
+def loud(session: str, seg: int, kind: str) -> DecodeRequest:
+    """A request the fault-injected workers below fail on (a sample above `req`'s 1.0)."""
+    audio = np.ones(1600, np.float32)
+    audio[800] = 2.0
+    return DecodeRequest(session, seg, kind, audio)
+
+
+def test_an_engine_exception_is_retried_row_by_row_and_fails_only_its_row(monkeypatch):
+    monkeypatch.setenv("EARSHOT_WORKER_FAULT", "raise-if-peak-above=1.5")
+
+    async def body(sched, pool, results):
+        held = await pool.acquire()
+        sched.start()
+        good = [req("a", 0, "final"), req("b", 0, "final"), req("c", 0, "partial")]
+        bad = loud("d", 0, "final")
+        for r in (good[0], bad, good[1], good[2]):
+            sched.submit(r)
+        await pool.release(held)
+        await asyncio.wait_for(sched.wait_idle(), 30)
+        outcome = {r.session_id: (t, e) for r, t, e in results}
+        assert outcome["a"] == outcome["b"] == outcome["c"] == ("speech", None)
+        assert outcome["d"][0] is None and "injected engine fault" in outcome["d"][1]
+        assert sched.stats.batch_failures == 2  # the batch of 4, then the bad row alone
+        assert sched.stats.requeued == 4 and sched.stats.failed == 1
+        assert pool.restart_count == 0  # an engine exception leaves the worker alive
+
+    asyncio.run(with_scheduler(body))
+
+
+def test_a_crashed_batch_reports_its_partial_and_fails_only_the_poison(monkeypatch):
+    """The partial in flight on a dead worker is answered (never left hanging): retried
+    alone, and as it kills the worker again, reported with an error."""
+    monkeypatch.setenv("EARSHOT_WORKER_FAULT", "crash-if-peak-above=1.5")
+
+    async def body(sched, pool, results):
+        held = await pool.acquire()
+        sched.start()
+        final, poison = req("a", 0, "final"), loud("b", 0, "partial")
+        sched.submit(final)
+        sched.submit(poison)
+        await pool.release(held)
+        await asyncio.wait_for(sched.wait_idle(), 60)
+        outcome = {r.session_id: (t, e) for r, t, e in results}
+        assert outcome["a"] == ("speech", None)
+        assert outcome["b"][0] is None and "twice" in outcome["b"][1]
+        assert poison.crashes == 2 and pool.restart_count == 2
+
+    asyncio.run(with_scheduler(body))
+
+
+def test_a_hung_batch_is_killed_at_its_deadline_and_retried(monkeypatch):
+    monkeypatch.setenv("EARSHOT_WORKER_FAULT", "hang-if-peak-above=1.5")
+
+    async def body(sched, pool, results):
+        held = await pool.acquire()
+        sched.start()
+        good, hung = req("a", 0, "final"), loud("b", 0, "final")
+        sched.submit(good)
+        sched.submit(hung)
+        await pool.release(held)
+        await asyncio.wait_for(sched.wait_idle(), 60)
+        outcome = {r.session_id: (t, e) for r, t, e in results}
+        assert outcome["a"] == ("speech", None)
+        assert outcome["b"][0] is None and "twice" in outcome["b"][1]
+        assert pool.restart_count == 2
+
+    asyncio.run(with_scheduler(body, config=WorkerConfig(
+        noop=True, workers=1, deadline_floor_s=0.5, deadline_cap_s=1.5)))
+
+
+def test_the_hang_deadline_follows_the_measured_speed_within_floor_and_cap():
+    async def body(sched, pool, results):
+        assert pool.speed() is None and pool.deadline(1.0) == 7.0  # unmeasured: the cap
+        sched.start()
+        for i in range(5):
+            sched.submit(req("a", i, "final"))
+            await asyncio.wait_for(sched.wait_idle(), 10)
+        # the no-op engine decodes in microseconds: any batch gets the floor
+        assert pool.speed() > 1000 and pool.deadline(300.0) == 2.0
+
+    asyncio.run(with_scheduler(body, config=WorkerConfig(
+        noop=True, workers=1, deadline_floor_s=2.0, deadline_cap_s=7.0)))
+
+
+def test_a_worker_dead_while_idle_is_replaced_and_queued_work_waits_for_it():
+    async def body(sched, pool, results):
+        sched.start()
+        (pid,) = pool.pids()
+        os.kill(pid, signal.SIGKILL)
+        while pool.ready_count:  # its sentinel closes: replaced without any batch failing
+            await asyncio.sleep(0.01)
+        assert pool.restarting == 1 and pool.serving
+        waiting = req("a", 0, "final")
+        sched.submit(waiting)  # no worker ready: it waits, it does not fail
+        await asyncio.wait_for(sched.wait_idle(), 60)
+        assert results == [(waiting, "speech", None)] and waiting.crashes == 0
+        assert pool.restart_count == 1 and pool.pids() != [pid]
+        assert sched.stats.batch_failures == 0
+
+    asyncio.run(with_scheduler(body))
+
+
+def test_admission_speed_counts_finals_and_clips_only():
+    async def body(sched, pool, results):
+        sched.start()
+        for i in range(25):
+            sched.submit(req(f"s{i}", 0, "partial"))
+            await asyncio.wait_for(sched.wait_idle(), 10)
+        assert sched.stats.partials == 25 and sched.final_speed() is None
+        for i in range(20):
+            sched.submit(req("a", i, "final"))
+            await asyncio.wait_for(sched.wait_idle(), 10)
+        assert sched.final_speed() is not None
+
+    asyncio.run(with_scheduler(body))
+
+
+class StubPool:
+    """Stands in for WorkerPool where a measured speed must be chosen: one always-free
+    worker that decodes instantly; `speed()` as given (audio s per busy s)."""
+
+    def __init__(self, speed: float) -> None:
+        self._speed = speed
+        self.batches: list[list[int]] = []
+
+    async def acquire(self) -> object:
+        return object()
+
+    async def release(self, worker: object) -> None:
+        pass
+
+    def speed(self) -> float:
+        return self._speed
+
+    async def run(self, worker: object, audios: list) -> Decoded:
+        self.batches.append([len(a) for a in audios])
+        return Decoded(["speech"] * len(audios), 0.001)
+
+
+def test_a_backlog_batch_is_cut_to_its_decode_time_budget_while_others_are_live():
+    async def first_batch(with_talker: bool) -> list[DecodeRequest]:
+        pool = StubPool(speed=10.0)  # 1 s of decode time = 10 s of audio
+        results: list = []
+        sched = Scheduler(pool, lambda r, t, e: results.append(r), max_session_rows=4,
+                          backlog_batch_s=1.0)
+        for i in range(100):
+            sched.submit(DecodeRequest("flood", i, "final", np.ones(16_000, np.float32)))
+        if with_talker:
+            sched.submit(DecodeRequest("talker", 0, "partial", np.ones(16_000, np.float32)))
+        sched.start()
+        await asyncio.wait_for(sched.wait_idle(), 30)
+        await sched.stop()
+        return results[: len(pool.batches[0])]
+
+    alone = asyncio.run(first_batch(False))
+    assert len(alone) == 16  # nobody else is live: a full batch, for throughput
+    shared = asyncio.run(first_batch(True))
+    assert [r.session_id for r in shared].count("talker") == 1
+    assert sum(r.seconds for r in shared) == 10.0  # 4 (cap) + 1 partial + 5 to the budget
