@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 import uuid
@@ -30,7 +29,7 @@ from desktop.history import History
 from desktop.journal import Journal, JournalWriter
 from desktop.lan import trust
 from desktop.lan.credentials import CredentialStore
-from desktop.lan.discovery import DiscoveredServer, browse
+from desktop.lan.discovery import DiscoveredServer, browse, mdns_interfaces
 from desktop.lan.pairing import (
     PairingError,
     VerifiedServer,
@@ -60,12 +59,6 @@ class ServerChoice:
     mode: str = "auto"  # "auto" | "local" | "remote"
     url: str | None = None
     token: str | None = None
-
-
-def mdns_interfaces() -> list[str] | None:
-    """EARSHOT_MDNS_INTERFACES (comma-separated addresses) pins discovery; unset: all."""
-    value = os.environ.get("EARSHOT_MDNS_INTERFACES", "")
-    return [v.strip() for v in value.split(",") if v.strip()] or None
 
 
 class _Bridge(DictationListener):

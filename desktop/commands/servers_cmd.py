@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import os
 import sys
 from dataclasses import dataclass
 
 from desktop.lan import trust
 from desktop.lan.credentials import CredentialStore
-from desktop.lan.discovery import DiscoveredServer, browse
+from desktop.lan.discovery import DiscoveredServer, browse, mdns_interfaces
 from desktop.lan.pairing import (
     PairingError,
     is_plain_remote,
@@ -38,11 +37,6 @@ class ServerTarget:
     token: str | None
     fingerprint: str | None
     name: str
-
-
-def mdns_interfaces() -> list[str] | None:
-    value = os.environ.get("EARSHOT_MDNS_INTERFACES", "")
-    return [v.strip() for v in value.split(",") if v.strip()] or None
 
 
 def discover(timeout: float) -> list[DiscoveredServer]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 
@@ -86,6 +87,12 @@ def reachable_address(addresses: list[str]) -> str:
             if any(ipaddress.ip_address(address) in net for net in networks):
                 return address
     return addresses[0]
+
+
+def mdns_interfaces() -> list[str] | None:
+    """EARSHOT_MDNS_INTERFACES (comma-separated addresses) pins discovery; unset: all."""
+    value = os.environ.get("EARSHOT_MDNS_INTERFACES", "")
+    return [v.strip() for v in value.split(",") if v.strip()] or None
 
 
 async def browse(timeout: float = 2.0,
