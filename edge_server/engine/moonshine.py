@@ -39,6 +39,7 @@ class MoonshineEngine(AsrEngine):
         self.tokenizer = MoonshineTokenizer.from_file(folder / "tokenizer.bin")
         self.encoder = factory.create(folder / "encoder_model.ort")
         self.decoder = factory.create(folder / "decoder_model_merged.ort")
+        self._encoder_takes_mask = "attention_mask" in {i.name for i in self.encoder.get_inputs()}
         self._provider = self.decoder.get_providers()[0]
         inputs = {i.name: i.shape for i in self.decoder.get_inputs()}
         layers = sorted({int(m.group(1)) for n in inputs
@@ -49,6 +50,8 @@ class MoonshineEngine(AsrEngine):
         kv_shape = inputs["past_key_values.0.decoder.key"]
         self.num_heads, self.head_dim = int(kv_shape[1]), int(kv_shape[3])
         self.output_names = [o.name for o in self.decoder.get_outputs()]
+        # Moonshine base's decoder takes no encoder mask: only rows of equal length batch
+        self.has_encoder_mask = "encoder_attention_mask" in inputs
         self._decoder_kv = [f"{layer}.decoder.{kv}" for layer in layers for kv in ("key", "value")]
         self._encoder_kv = [f"{layer}.encoder.{kv}" for layer in layers for kv in ("key", "value")]
 
@@ -60,8 +63,10 @@ class MoonshineEngine(AsrEngine):
         """Hidden states (frames, dim) of one utterance."""
         if len(audio) < MIN_SAMPLES:
             audio = np.pad(audio, (0, MIN_SAMPLES - len(audio)))
-        mask = np.ones((1, len(audio)), dtype=np.int64)
-        (hidden,) = self.encoder.run(None, {"input_values": audio[None], "attention_mask": mask})
+        feed = {"input_values": audio[None]}
+        if self._encoder_takes_mask:
+            feed["attention_mask"] = np.ones((1, len(audio)), dtype=np.int64)
+        (hidden,) = self.encoder.run(None, feed)
         return hidden[0]
 
     @staticmethod
@@ -76,12 +81,21 @@ class MoonshineEngine(AsrEngine):
         if not live:
             return texts
         hidden = {i: self.encode(batch[i]) for i in live}
-        for group in plan_groups({i: h.shape[0] for i, h in hidden.items()}):
+        for group in self._groups({i: h.shape[0] for i, h in hidden.items()}):
             budgets = [self.token_budget(len(batch[i])) for i in group]
             decoded = self._greedy_decode([hidden[i] for i in group], budgets)
             for row, tokens in zip(group, decoded, strict=True):
                 texts[row] = self.tokenizer.decode(tokens)
         return texts
+
+    def _groups(self, frames: dict[int, int]) -> list[list[int]]:
+        """Decoder sub-batches: planned by cost, or equal lengths only without a mask."""
+        if self.has_encoder_mask:
+            return plan_groups(frames)
+        by_length: dict[int, list[int]] = {}
+        for row, n in frames.items():
+            by_length.setdefault(n, []).append(row)
+        return list(by_length.values())
 
     def _greedy_decode(self, hidden: list[np.ndarray], budgets: list[int]) -> list[list[int]]:
         """Batched greedy search over the KV cache. Returns token ids per row (no BOS/EOS)."""
@@ -99,8 +113,10 @@ class MoonshineEngine(AsrEngine):
         out: list[list[int]] = [[] for _ in range(rows)]
         use_cache = np.array([False])
         for step in range(max(budgets)):
-            feed = {"encoder_attention_mask": mask, "input_ids": ids,
-                    "encoder_hidden_states": states, "use_cache_branch": use_cache}
+            feed = {"input_ids": ids, "encoder_hidden_states": states,
+                    "use_cache_branch": use_cache}
+            if self.has_encoder_mask:
+                feed["encoder_attention_mask"] = mask
             feed.update((f"past_key_values.{k}", v) for k, v in past.items())
             result = dict(zip(self.output_names, self.decoder.run(None, feed), strict=True))
             next_ids = result["logits"][:, -1, :].argmax(axis=-1)
