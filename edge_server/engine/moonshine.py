@@ -1,59 +1,153 @@
 """Moonshine (v2 ONNX export) on ONNX Runtime: per-utterance encoder, batched greedy decoder.
 
-Encoder: raw 16 kHz samples + attention mask -> hidden states (~1 frame per 384 samples).
-It runs once per utterance, not once per padded batch: its convolutional stem normalises
-over the whole input (GroupNorm), so zero padding changes the hidden states and the text
-(measured max |diff| 0.2-0.7 with 24 ms to 5 s of padding). See docs/engine.md.
+Encoder: raw 16 kHz samples (+ attention mask where the graph takes one) -> hidden states
+(~1 frame per 384 samples). It runs once per utterance, not once per padded batch: tiny's
+convolutional stem normalises over the whole input (GroupNorm), so zero padding changes
+the hidden states and the text (measured max |diff| 0.2-0.7 with 24 ms to 5 s of padding).
+See docs/engine.md.
 
 Decoder: merged KV-cache decoder. Step 0 (use_cache_branch=False) takes BOS and the
 encoder states and returns the cross-attention K/V; later steps feed one token per row.
 Rows are padded to the longest encoder output; `encoder_attention_mask` is given at raw
 sample length (the graph downsamples it with stride 384), one mask row per utterance.
-Finished rows are dropped from the batch so the loop only pays for live rows.
+A decoder without that input (Moonshine base as shipped) only batches equal-length rows.
+
+The loop runs through IO binding: encoder states, mask and the whole KV cache stay as
+OrtValues on the session's device (CUDA memory on a GPU) from step to step; only the token
+ids go in and the last-position logits come out each step. CPU uses the same path with
+"cpu" OrtValues. Finished rows leave the batch (on CPU at once; on CUDA when half the rows
+are done, since copying the cache out and back costs more there than idle rows do).
+
+Every row stops at EOS, at its token budget (`TOKENS_PER_SECOND` of audio), or when it has
+more tokens than its audio plausibly holds and its tail loops (repetition.py); a looping
+tail is trimmed to one copy of the repeated phrase (also when the budget stops the row).
+
+Not thread-safe: one engine per thread/process.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import re
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from edge_server.engine import costmodel
 from edge_server.engine.base import AsrEngine, EngineError, validate_batch
 from edge_server.engine.moonshine_tokenizer import MoonshineTokenizer
+from edge_server.engine.placement import CUDA, Placement
+from edge_server.engine.repetition import find_loop, loop_length_to_keep, plausible_tokens
 from edge_server.engine.runtime import SessionFactory
 
-MASK_STRIDE = 384  # samples per encoder frame, as the decoder graph downsamples the mask
+log = logging.getLogger(__name__)
+
+MASK_STRIDE = costmodel.MASK_STRIDE  # samples per encoder frame
 MIN_SAMPLES = 1_600  # 0.1 s: shorter input is zero-padded (the conv stem needs >= 895)
+# Token cap: tiny and base both produce ~3-4 tokens per second of read speech (dev sentences:
+# at most 4.6/s, base as tiny); 6.5/s + 8 leaves room for fast speech, digits and spelling.
 TOKENS_PER_SECOND = 6.5
 MIN_TOKEN_BUDGET = 8
+CUDA_COMPACT_RATIO = 0.5  # on CUDA, drop finished rows once this share of rows is done
+
+# kept for callers of the old names
+plan_groups = costmodel.plan_groups
+expected_tokens = costmodel.expected_tokens
+
+
+@dataclass
+class DecodeStats:
+    """Why rows stopped, summed over the engine's life (for logs, metrics and tests)."""
+
+    eos: int = 0
+    budget: int = 0
+    loops: int = 0
+    loop_tokens_trimmed: int = 0
+    last_loops: list[int] = field(default_factory=list)  # rows of the last batch that looped
 
 
 class MoonshineEngine(AsrEngine):
-    """Batched Moonshine recognizer. Not thread-safe: one per thread/process."""
+    """Batched Moonshine recognizer. Not thread-safe: one per thread/process.
 
-    def __init__(self, model_id: str, folder: Path, factory: SessionFactory) -> None:
+    paths: the form's files by role ("encoder", "decoder", "tokenizer"), kept as `.paths`.
+    `form`: the form's name (e.g. "float", "int8", "shipped"). `placement`: where the
+    sessions' nodes ran in the warm-up (placement.Placement); `provider`/`device` follow it.
+    """
+
+    def __init__(self, model_id: str, paths: Mapping[str, Path], factory: SessionFactory,
+                 form: str = "shipped", warm_up: bool = True) -> None:
         self.model_id = model_id
-        self.tokenizer = MoonshineTokenizer.from_file(folder / "tokenizer.bin")
-        self.encoder = factory.create(folder / "encoder_model.ort")
-        self.decoder = factory.create(folder / "decoder_model_merged.ort")
+        self.form = form
+        self.paths = {role: Path(p) for role, p in paths.items()}
+        self.stats = DecodeStats()
+        self.tokenizer = MoonshineTokenizer.from_file(Path(paths["tokenizer"]))
+        self._ort = factory.ort
+        profile_dir = tempfile.mkdtemp(prefix="earshot-profile-") if warm_up else None
+        try:
+            prefix = f"{profile_dir}/enc" if profile_dir else None
+            self.encoder = factory.create(Path(paths["encoder"]), profile_prefix=prefix)
+            prefix = f"{profile_dir}/dec" if profile_dir else None
+            self.decoder = factory.create(Path(paths["decoder"]), profile_prefix=prefix)
+            self._inspect_decoder(Path(paths["decoder"]))
+            registered = self.decoder.get_providers()[0]
+            self._io_device = "cuda" if registered == CUDA else "cpu"
+            self._device_id = factory.cuda_device_id
+            self.placement = Placement({}, "none")
+            if warm_up:
+                self.placement = self._warm_up_placement()
+        finally:
+            if profile_dir:
+                shutil.rmtree(profile_dir, ignore_errors=True)
+        if self.placement.counts:
+            self._provider = self.placement.main_provider()
+        else:
+            self._provider = registered
+        if registered == CUDA and self._provider != CUDA:
+            msg = (f"{model_id} ({form} form) does not really run on CUDA: "
+                   f"{self.placement.summary()}")
+            if factory.device == "cuda":
+                raise EngineError(msg + f". Use the float form: earshot models fetch {model_id}")
+            log.warning("%s; reporting it as CPU", msg)
+        self.cost = costmodel.step_cost(model_id, self.device, form)
+
+    def _inspect_decoder(self, path: Path) -> None:
         self._encoder_takes_mask = "attention_mask" in {i.name for i in self.encoder.get_inputs()}
-        self._provider = self.decoder.get_providers()[0]
         inputs = {i.name: i.shape for i in self.decoder.get_inputs()}
         layers = sorted({int(m.group(1)) for n in inputs
                          if (m := re.match(r"past_key_values\.(\d+)\.", n))})
         if not layers or "encoder_hidden_states" not in inputs:
-            raise EngineError(f"{folder}: decoder is not a Moonshine merged KV-cache decoder")
+            raise EngineError(f"{path}: decoder is not a Moonshine merged KV-cache decoder")
         self.num_layers = len(layers)
         kv_shape = inputs["past_key_values.0.decoder.key"]
         self.num_heads, self.head_dim = int(kv_shape[1]), int(kv_shape[3])
         self.output_names = [o.name for o in self.decoder.get_outputs()]
-        # Moonshine base's decoder takes no encoder mask: only rows of equal length batch
+        # Moonshine base as shipped takes no encoder mask: only rows of equal length batch
         self.has_encoder_mask = "encoder_attention_mask" in inputs
         self._decoder_kv = [f"{layer}.decoder.{kv}" for layer in layers for kv in ("key", "value")]
         self._encoder_kv = [f"{layer}.encoder.{kv}" for layer in layers for kv in ("key", "value")]
+
+    def _warm_up_placement(self) -> Placement:
+        """Run 1 s of silence through both sessions (2 decoder steps: both If branches)
+        with profiling on; the profiles say which provider ran each node."""
+        audio = np.zeros(16_000, np.float32)
+        self._greedy_decode([self.encode(audio)], [2], check_loops=False)
+        placement = Placement({}, "none")
+        for session in (self.encoder, self.decoder):
+            path = Path(session.end_profiling())
+            try:
+                placement = placement.merged(Placement.from_profile(path))
+            except (OSError, ValueError, json.JSONDecodeError) as exc:
+                log.warning("could not read the placement profile %s: %s", path, exc)
+        self.stats = DecodeStats()
+        level = logging.INFO if placement.runs_on(placement.main_provider()) else logging.WARNING
+        log.log(level, "%s (%s form): %s", self.model_id, self.form, placement.summary())
+        return placement
 
     @property
     def provider(self) -> str:
@@ -78,12 +172,14 @@ class MoonshineEngine(AsrEngine):
         batch = validate_batch(audios)
         texts = [""] * len(batch)
         live = [i for i, a in enumerate(batch) if len(a) > 0]
+        self.stats.last_loops = []
         if not live:
             return texts
         hidden = {i: self.encode(batch[i]) for i in live}
         for group in self._groups({i: h.shape[0] for i, h in hidden.items()}):
             budgets = [self.token_budget(len(batch[i])) for i in group]
-            decoded = self._greedy_decode([hidden[i] for i in group], budgets)
+            checks = [plausible_tokens(len(batch[i])) for i in group]
+            decoded = self._greedy_decode([hidden[i] for i in group], budgets, checks)
             for row, tokens in zip(group, decoded, strict=True):
                 texts[row] = self.tokenizer.decode(tokens)
         return texts
@@ -91,14 +187,37 @@ class MoonshineEngine(AsrEngine):
     def _groups(self, frames: dict[int, int]) -> list[list[int]]:
         """Decoder sub-batches: planned by cost, or equal lengths only without a mask."""
         if self.has_encoder_mask:
-            return plan_groups(frames)
+            return costmodel.plan_groups(frames, self.cost)
         by_length: dict[int, list[int]] = {}
         for row, n in frames.items():
             by_length.setdefault(n, []).append(row)
         return list(by_length.values())
 
-    def _greedy_decode(self, hidden: list[np.ndarray], budgets: list[int]) -> list[list[int]]:
-        """Batched greedy search over the KV cache. Returns token ids per row (no BOS/EOS)."""
+    def _trim_loop(self, tokens: list[int], row: int) -> None:
+        """Cut a looping tail of `tokens` (in place) to one copy; count it."""
+        keep = loop_length_to_keep(tokens)
+        if keep is None:
+            return
+        self.stats.loops += 1
+        self.stats.loop_tokens_trimmed += len(tokens) - keep
+        self.stats.last_loops.append(row)
+        del tokens[keep:]
+
+    def _to_device(self, arr: np.ndarray):
+        return self._ort.OrtValue.ortvalue_from_numpy(
+            np.ascontiguousarray(arr), self._io_device, self._device_id)
+
+    def _greedy_decode(self, hidden: list[np.ndarray], budgets: list[int],
+                       loop_checks: list[int] | None = None,
+                       check_loops: bool = True) -> list[list[int]]:
+        """Batched greedy search over the KV cache (IO binding). Token ids per row, no BOS/EOS.
+
+        budgets: most tokens per row. loop_checks: token count from which a row's tail is
+        checked for loops (default: plausible_tokens of its encoder length).
+        check_loops=False: no loop guard at all (benchmarks, tests).
+        """
+        if loop_checks is None:
+            loop_checks = [plausible_tokens(h.shape[0] * MASK_STRIDE) for h in hidden]
         rows = len(hidden)
         frames = max(h.shape[0] for h in hidden)
         states = np.zeros((rows, frames, hidden[0].shape[1]), dtype=np.float32)
@@ -106,80 +225,69 @@ class MoonshineEngine(AsrEngine):
         for r, h in enumerate(hidden):
             states[r, : h.shape[0]] = h
             mask[r, : h.shape[0] * MASK_STRIDE] = 1
+        states_v = self._to_device(states)
+        mask_v = self._to_device(mask) if self.has_encoder_mask else None
         empty = np.zeros((rows, self.num_heads, 0, self.head_dim), dtype=np.float32)
-        past = {name: empty for name in self._decoder_kv + self._encoder_kv}
+        past = {name: self._to_device(empty) for name in self._decoder_kv + self._encoder_kv}
         ids = np.full((rows, 1), MoonshineTokenizer.bos_id, dtype=np.int64)
-        alive = np.arange(rows)  # original row index of each batch row
+        batch_rows = np.arange(rows)  # original row index of each batch row
+        done = np.zeros(rows, dtype=bool)  # per batch row
         out: list[list[int]] = [[] for _ in range(rows)]
-        use_cache = np.array([False])
+        ratio = 1.0 if self._io_device == "cpu" else CUDA_COMPACT_RATIO
+        past_enc: dict = {}
         for step in range(max(budgets)):
-            feed = {"input_ids": ids, "encoder_hidden_states": states,
-                    "use_cache_branch": use_cache}
-            if self.has_encoder_mask:
-                feed["encoder_attention_mask"] = mask
-            feed.update((f"past_key_values.{k}", v) for k, v in past.items())
-            result = dict(zip(self.output_names, self.decoder.run(None, feed), strict=True))
-            next_ids = result["logits"][:, -1, :].argmax(axis=-1)
-            keep = []
-            for b, orig in enumerate(alive):
+            binding = self.decoder.io_binding()
+            binding.bind_cpu_input("input_ids", ids)
+            binding.bind_cpu_input("use_cache_branch", np.array([step > 0]))
+            binding.bind_ortvalue_input("encoder_hidden_states", states_v)
+            if mask_v is not None:
+                binding.bind_ortvalue_input("encoder_attention_mask", mask_v)
+            for k, v in past.items():
+                binding.bind_ortvalue_input(f"past_key_values.{k}", v)
+            for name in self.output_names:
+                if name == "logits":
+                    binding.bind_output(name, "cpu")
+                else:
+                    binding.bind_output(name, self._io_device, self._device_id)
+            self.decoder.run_with_iobinding(binding)
+            result = dict(zip(self.output_names, binding.get_outputs(), strict=True))
+            next_ids = result["logits"].numpy()[:, -1, :].argmax(axis=-1)
+            for b, orig in enumerate(batch_rows):
+                if done[b]:
+                    continue
                 token = int(next_ids[b])
-                if token == MoonshineTokenizer.eos_id or step >= budgets[orig]:
+                if token == MoonshineTokenizer.eos_id:
+                    done[b] = True
+                    self.stats.eos += 1
+                    continue
+                if step >= budgets[orig]:
+                    done[b] = True
+                    self.stats.budget += 1
+                    if check_loops:
+                        self._trim_loop(out[orig], int(orig))
                     continue
                 out[orig].append(token)
-                keep.append(b)
-            new_past = {k: result[f"present.{k}"] for k in self._decoder_kv}
-            for k in self._encoder_kv:  # cross-attention K/V: computed once, at step 0
-                new_past[k] = result[f"present.{k}"] if step == 0 else past[k]
-            past = new_past
-            if not keep:
+                if (check_loops and len(out[orig]) > loop_checks[orig]
+                        and find_loop(out[orig]) is not None):
+                    self._trim_loop(out[orig], int(orig))
+                    done[b] = True
+            if step == 0:  # cross-attention K/V: computed once, at step 0
+                past_enc = {k: result[f"present.{k}"] for k in self._encoder_kv}
+            past = {k: result[f"present.{k}"] for k in self._decoder_kv} | past_enc
+            if done.all():
                 break
-            if len(keep) < len(alive):  # drop finished rows, and padding no live row needs
-                sel = np.asarray(keep)
-                alive = alive[sel]
-                frames = max(hidden[r].shape[0] for r in alive)
-                mask = mask[sel, : frames * MASK_STRIDE]
-                states = states[sel, :frames]
-                past = {k: v[sel] for k, v in past.items()}
-                for k in self._encoder_kv:
-                    past[k] = past[k][:, :, :frames]
-                next_ids = next_ids[sel]
+            live = np.flatnonzero(~done)
+            if len(live) <= ratio * len(done) and len(live) < len(done):
+                # drop finished rows, and the padding no live row needs
+                batch_rows, done, next_ids = batch_rows[live], done[live], next_ids[live]
+                frames = max(hidden[r].shape[0] for r in batch_rows)
+                states_v = self._to_device(states[batch_rows, :frames])
+                if mask_v is not None:
+                    mask_v = self._to_device(mask[batch_rows, : frames * MASK_STRIDE])
+                past = {k: self._to_device(v.numpy()[live]) for k, v in past.items()
+                        if k not in past_enc}
+                past_enc = {k: self._to_device(v.numpy()[live][:, :, :frames])
+                            for k, v in past_enc.items()}
+                past.update(past_enc)
             ids = next_ids.reshape(-1, 1).astype(np.int64)
-            use_cache = np.array([True])
         return out
-
-
-# Cost model of one decoder step on CPU, fitted on this model (ms, 1 thread, see
-# docs/engine.md): fixed + per live row + per live row per padded encoder frame.
-STEP_FIXED_MS, ROW_MS, ROW_FRAME_MS = 1.65, 0.41, 0.0025
-FRAMES_PER_SECOND = 16_000 / MASK_STRIDE
-
-
-def expected_tokens(frames: int) -> float:
-    """Typical token count of an utterance with this many encoder frames (~4 per second)."""
-    return 2.0 + 4.0 * frames / FRAMES_PER_SECOND
-
-
-def plan_groups(frames: dict[int, int], max_rows: int = 64) -> list[list[int]]:
-    """Split rows into decoder sub-batches of similar length, minimising modelled time.
-
-    Every row pays for the longest encoder output in its group (cross-attention over
-    padding), while every extra group pays the fixed per-step cost; a dynamic programme
-    over rows sorted by length picks the cheapest contiguous split.
-    """
-    order = sorted(frames, key=frames.__getitem__)
-    n = len(order)
-    best = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        longest = frames[order[j - 1]]
-        row_cost = 0.0
-        for i in range(j - 1, max(-1, j - 1 - max_rows), -1):
-            row_cost += expected_tokens(frames[order[i]]) * (ROW_MS + ROW_FRAME_MS * longest)
-            cost = best[i] + expected_tokens(longest) * STEP_FIXED_MS + row_cost
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups, j = [], n
-    while j > 0:
-        groups.append(order[cut[j] : j])
-        j = cut[j]
-    return groups[::-1]

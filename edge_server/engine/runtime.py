@@ -77,17 +77,34 @@ class SessionFactory:
             raise EngineError(f"unknown device '{self.device}' (use one of {', '.join(DEVICES)})")
         self._ort = import_onnxruntime()
 
-    def create(self, path: Path):
-        """An InferenceSession for `path` on the configured device."""
+    @property
+    def ort(self):
+        """The onnxruntime module."""
+        return self._ort
+
+    def cuda_listed(self) -> bool:
+        """Whether this onnxruntime build lists the CUDA provider (not proof that it works)."""
+        return "CUDAExecutionProvider" in self._ort.get_available_providers()
+
+    def create(self, path: Path, profile_prefix: str | None = None):
+        """An InferenceSession for `path` on the configured device.
+
+        ONNX Runtime logs at WARNING and above (its "nodes were not assigned to the
+        preferred execution providers" warning stays visible on stderr). `profile_prefix`:
+        profile the session's runs into `<prefix>_*.json` until `end_profiling()` (the
+        engine does this for one warm-up to learn where nodes really run, see placement.py).
+        """
         ort = self._ort
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads or default_threads()
         opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        opts.log_severity_level = 2
+        opts.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        if profile_prefix:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = profile_prefix
         providers: list = ["CPUExecutionProvider"]
-        if self.device in ("auto", "cuda") and "CUDAExecutionProvider" in (
-            ort.get_available_providers()
-        ):
+        if self.device in ("auto", "cuda") and self.cuda_listed():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.cuda_device_id}))
         try:
             session = ort.InferenceSession(str(path), opts, providers=providers)

@@ -3,9 +3,9 @@ import base64
 import pytest
 
 from edge_server.engine.moonshine_tokenizer import MoonshineTokenizer
-from tests.conftest import SHARED
+from tests.conftest import SHIPPED_MODELS
 
-TOKENIZER = SHARED / "models" / "moonshine-tiny-en" / "tokenizer.bin"
+TOKENIZER = SHIPPED_MODELS / "moonshine-tiny-en" / "tokenizer.bin"
 
 
 def test_parses_the_shipped_vocabulary():

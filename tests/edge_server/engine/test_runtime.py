@@ -2,6 +2,7 @@ import pytest
 
 from edge_server.engine import EngineError, create_engine
 from edge_server.engine.runtime import SessionFactory, installed_flavours
+from tests.conftest import SHIPPED_MODELS
 
 
 def test_exactly_one_onnxruntime_flavour_is_installed():
@@ -14,8 +15,10 @@ def test_unknown_device():
 
 
 def test_cuda_requested_without_cuda_is_a_clear_error():
+    # a graph with standard ops only (CUDA-capable): the refusal is about this machine
     with pytest.raises(EngineError, match="device 'cuda' requested but CUDA is not usable"):
-        create_engine(device="cuda")
+        SessionFactory(device="cuda").create(SHIPPED_MODELS / "silero-vad" /
+                                             "silero_vad.onnx")
 
 
 def test_auto_falls_back_to_cpu_and_says_so(engine):

@@ -1,0 +1,105 @@
+"""The CUDA path. Tests marked `cuda` need a working CUDA provider (onnxruntime-gpu and a
+GPU): they are skipped elsewhere and run by `bench/gpu_check.py`. The device bookkeeping
+they rely on (IO-bound outputs, placement) is checked on CPU here too."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_server.engine import EngineError, create_engine
+from edge_server.engine.placement import CUDA
+from edge_server.evaluation import normalize, word_error_rate
+from tests.conftest import SENTENCE_SETS, SHIPPED_MODELS, dev_rows
+from tests.edge_server.engine.conftest import int8_form
+
+
+def cuda_usable() -> bool:
+    from edge_server.engine.runtime import SessionFactory
+
+    try:
+        SessionFactory(device="cuda").create(SHIPPED_MODELS / "silero-vad" / "silero_vad.onnx")
+    except EngineError:
+        return False
+    return True
+
+
+needs_cuda = pytest.mark.skipif(not cuda_usable(), reason="no working CUDA provider here")
+
+
+def bound_devices(engine, audio) -> dict[str, set[str]]:
+    """Devices of the decoder's bound outputs during one transcription, by output kind."""
+    seen: dict[str, set[str]] = {"logits": set(), "present": set()}
+    run = engine.decoder.run_with_iobinding
+
+    def spy(binding, *args, **kwargs):
+        result = run(binding, *args, **kwargs)
+        for name, value in zip(engine.output_names, binding.get_outputs(), strict=True):
+            seen["logits" if name == "logits" else "present"].add(value.device_name().lower())
+        return result
+
+    engine.decoder.run_with_iobinding = spy
+    try:
+        engine.transcribe(audio)
+    finally:
+        engine.decoder.run_with_iobinding = run
+    return seen
+
+
+def test_io_binding_on_cpu_keeps_outputs_on_the_session_device(engine, read):
+    assert bound_devices(engine, read("sherpa-test-wavs/0.wav")) == {
+        "logits": {"cpu"}, "present": {"cpu"}}
+
+
+@pytest.fixture(scope="module")
+def cuda_engines():
+    """model id -> engine on CUDA (the model's default CUDA form) for tiny and base."""
+    engines = {}
+    for model_id in ("moonshine-tiny-en", "moonshine-base-en"):
+        engines[model_id] = create_engine(model_id, device="cuda", threads=2)
+    return engines
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("model_id", ["moonshine-tiny-en", "moonshine-base-en"])
+def test_model_really_runs_on_cuda(cuda_engines, model_id):
+    eng = cuda_engines[model_id]
+    print(f"{model_id} ({eng.form} form): {eng.placement.summary()}")
+    assert eng.placement.runs_on(CUDA), eng.placement.summary()
+    assert eng.provider == CUDA and eng.device == "cuda"
+    assert eng.cost is not None
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("model_id", ["moonshine-tiny-en", "moonshine-base-en"])
+def test_cache_stays_on_the_gpu(cuda_engines, model_id, read):
+    seen = bound_devices(cuda_engines[model_id], read("sherpa-test-wavs/0.wav"))
+    assert seen == {"logits": {"cpu"}, "present": {"cuda"}}
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("model_id", ["moonshine-tiny-en", "moonshine-base-en"])
+def test_cuda_matches_cpu_and_batches(cuda_engines, model_id, read):
+    eng = cuda_engines[model_id]
+    rows = dev_rows(SENTENCE_SETS)
+    audios = [read(r["path"]) for r in rows]
+    refs = [r["transcript"] for r in rows]
+    cpu = create_engine(model_id, device="cpu", threads=2, form=eng.form)
+    on_cpu = [cpu.transcribe(a) for a in audios]
+    single = [eng.transcribe(a) for a in audios]
+    batched = eng.transcribe_batch(audios)
+    for other in (on_cpu, batched):  # float rounding differs by device and batch shape
+        same = sum(normalize(a) == normalize(b) for a, b in zip(single, other, strict=True))
+        assert same >= 0.9 * len(audios), list(zip(single, other, strict=True))
+        assert abs(word_error_rate(refs, other).wer - word_error_rate(refs, single).wer) <= 0.01
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_int8_form_is_refused_on_cuda_and_auto_says_cpu():
+    with pytest.raises(EngineError, match="Use the float form"):
+        create_engine("moonshine-tiny-en", device="cuda", form=int8_form("moonshine-tiny-en"))
+    eng = create_engine("moonshine-tiny-en", device="auto", form=int8_form("moonshine-tiny-en"))
+    assert eng.device == "cpu"
