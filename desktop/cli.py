@@ -25,6 +25,7 @@ KNOWN_ERRORS = (AudioError, EngineError, ModelNotReadyError, FetchError, Unknown
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="earshot", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     transcribe_cmd.add_parser(sub)
     models_cmd.add_parser(sub)
@@ -36,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
+    if argv[:1] == ["--version"]:
+        from edge_server.version import version
+
+        print(f"earshot {version()}")
+        return 0
     if not argv or (argv[0].startswith("--") and argv[0] not in ("--help", "--verbose")):
         from desktop.app_launcher import launch
 

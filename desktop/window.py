@@ -33,6 +33,7 @@ from desktop.widgets.history_pane import HistoryPane
 from desktop.widgets.level_meter import LevelMeter
 from desktop.widgets.server_status import ServerStatus
 from desktop.widgets.transcript_view import TranscriptView
+from edge_server.version import version
 
 RECORD_SHORTCUT = "Ctrl+Shift+Space"
 
@@ -49,7 +50,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.controller = controller
         self.settings = settings or QSettings("Earshot", "Earshot")
-        self.setWindowTitle("Earshot")
+        self.setWindowTitle(f"Earshot {version()}")
         self.resize(980, 620)
 
         self.record_button = QPushButton("● Record")
@@ -62,6 +63,11 @@ class MainWindow(QMainWindow):
         self.server_picker.setMinimumWidth(200)
         self._fill_server_picker([])
         self.server_picker.currentIndexChanged.connect(self._server_changed)
+        self.model_picker = QComboBox()  # the models the server in use serves
+        self.model_picker.setMinimumWidth(170)
+        self.model_picker.setToolTip("Speech model (only those the server in use serves)")
+        self.model_picker.currentIndexChanged.connect(self._model_changed)
+        self.model_label = QLabel("")  # status bar: the model the server in use runs
         self.status = ServerStatus()
         self.transcript = TranscriptView()
         self.history_pane = HistoryPane(controller.history,
@@ -82,6 +88,8 @@ class MainWindow(QMainWindow):
         top.addStretch(1)
         top.addWidget(QLabel("Server:"))
         top.addWidget(self.server_picker)
+        top.addWidget(QLabel("Model:"))
+        top.addWidget(self.model_picker)
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.transcript)
         splitter.addWidget(self.history_pane)
@@ -95,6 +103,7 @@ class MainWindow(QMainWindow):
         central.setLayout(layout)
         self.setCentralWidget(central)
         self.statusBar().addPermanentWidget(self.status, 1)
+        self.statusBar().addPermanentWidget(self.model_label)
 
         toggle = QAction("Record / stop", self)
         toggle.setShortcut(QKeySequence(RECORD_SHORTCUT))
@@ -116,6 +125,8 @@ class MainWindow(QMainWindow):
         c.local_server.connect(self._on_local_server)
         c.servers_found.connect(self._on_servers_found)
         c.trust_warning.connect(self.show_warning)
+        c.models_available.connect(self._on_models_available)
+        c.model_in_use.connect(self._on_model_in_use)
         self.refresh_microphones()
         self._restore_choices()
 
@@ -180,6 +191,10 @@ class MainWindow(QMainWindow):
         elif mode == "local":
             self.controller.choice = ServerChoice("local")
         self._fill_server_picker(self.controller.discovered)
+        saved_model = self.settings.value("model/id", "")
+        if saved_model and self.controller.model is None:  # `earshot --model` wins
+            self.controller.set_model(saved_model)
+        self._fill_model_picker(self.controller.installed_models())
         mic = self.settings.value("audio/device_name", "")
         index = self.mic_picker.findText(mic) if mic else -1
         if index >= 0:
@@ -217,6 +232,8 @@ class MainWindow(QMainWindow):
         data = self.server_picker.itemData(index) or ("auto",)
         if data[0] in ("auto", "local"):
             self.set_server(None, mode=data[0])
+            if data[0] == "local":  # offer what this computer can serve
+                self._fill_model_picker(self.controller.installed_models())
             return
         if data[0] == "server":
             _, url, server_id, status, fingerprint = data
@@ -230,8 +247,40 @@ class MainWindow(QMainWindow):
                 self._ask_token_and_pair(url, fingerprint or None, server_id)
                 return
             self.set_server(url)
+            served = self.controller.served_models(url)  # from its mDNS record
+            if served:
+                self._fill_model_picker(list(served))
             return
         self._ask_address()
+
+    def _fill_model_picker(self, models: list[str]) -> None:
+        """Offer `models` (what the server in use serves, its default first); select the
+        pick when offered, else the server's default (the pick itself is kept)."""
+        picker = self.model_picker
+        picker.blockSignals(True)
+        picker.clear()
+        for i, model in enumerate(models):
+            picker.addItem(model + (" (default)" if i == 0 else ""), model)
+        index = picker.findData(self.controller.model) if self.controller.model else -1
+        picker.setCurrentIndex(max(index, 0))
+        picker.setEnabled(bool(models))
+        picker.blockSignals(False)
+
+    @Slot(int)
+    def _model_changed(self, index: int) -> None:
+        model = self.model_picker.itemData(index)
+        if model:
+            self.settings.setValue("model/id", model)
+            self.controller.set_model(model)
+
+    @Slot(str, list)
+    def _on_models_available(self, server: str, models: list) -> None:
+        self._fill_model_picker(list(models))
+
+    @Slot(str, str)
+    def _on_model_in_use(self, server: str, model: str) -> None:
+        self.model_label.setText(f"Model: {model}")
+        self.model_label.setToolTip(f"{server} decodes this dictation with {model}")
 
     def _ask_address(self) -> None:
         address, ok = QInputDialog.getText(self, "Server", "Server address (host:port):",
@@ -359,6 +408,7 @@ class MainWindow(QMainWindow):
                                    "loading the speech model")
         elif status == "ready":
             self.status.show_state("connected", "This computer", "cpu", None, "ready")
+            self._on_model_in_use("This computer", self.controller.embedded_model())
         else:
             self.status.show_state("error", "This computer", "cpu", None, status)
             self.show_message(f"The local speech engine could not start: {status}. "

@@ -11,8 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import av
 import numpy as np
+
+try:
+    import av
+except ImportError:  # the desktop app bundle may leave FFmpeg out (docs/packaging.md)
+    av = None
 
 from edge_server.audio import AudioError
 
@@ -20,6 +24,9 @@ SAMPLE_RATE = 16_000
 
 
 def _open(path: Path):
+    if av is None:
+        raise AudioError(f"{path}: this build reads wav, flac, ogg and mp3 only (no FFmpeg); "
+                         "convert the file, or install Earshot with pip to read it")
     try:
         container = av.open(str(path), mode="r")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:

