@@ -32,7 +32,8 @@ import threading
 import time
 from datetime import datetime
 
-from bench.streams import DEV, FRAME, StreamClient, build_scripts, drive, start_server, summarize
+from bench.models_env import default_models_dir
+from bench.streams import FRAME, StreamClient, build_scripts, drive, start_server, summarize
 
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*worker (\d+) (died|ready)")
 
@@ -171,7 +172,7 @@ def main() -> None:
     ap.add_argument("--stagger", type=float, default=0.05, help="seconds between stream starts")
     ap.add_argument("--json", type=str)
     args = ap.parse_args()
-    os.environ.setdefault("EARSHOT_MODELS_DIR", str(DEV.parent.parent / "models"))
+    os.environ.setdefault("EARSHOT_MODELS_DIR", default_models_dir())
     result = {"kills": cmd_kills, "flood": cmd_flood, "flooder": cmd_flooder}[args.mode](args)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

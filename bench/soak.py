@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from bench.models_env import default_models_dir
 from desktop.stream_client import StreamClient
 from edge_server.audio import read_audio
 
@@ -105,7 +106,7 @@ class Server:
         env = dict(os.environ, PYTHONUNBUFFERED="1",
                    EARSHOT_SERVER_TOKEN_FILE=str(Path(self.tmp.name) / "server-token"),
                    EARSHOT_SERVER_STATE_DIR=self.tmp.name)
-        env.setdefault("EARSHOT_MODELS_DIR", str(SHARED / "models"))
+        env.setdefault("EARSHOT_MODELS_DIR", default_models_dir())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge_server.cli", "--host", "127.0.0.1", "--port", "0",
              "--no-mdns", *extra],

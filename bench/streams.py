@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.models_env import default_models_dir
 from desktop.stream_client import StreamClient, StreamError
 from edge_server.audio import read_audio
 from edge_server.evaluation import word_error_rate
@@ -269,7 +270,7 @@ def main() -> None:
     ap.add_argument("--server-config", type=Path, help="TOML settings for the server")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    os.environ.setdefault("EARSHOT_MODELS_DIR", str(DEV.parent.parent / "models"))
+    os.environ.setdefault("EARSHOT_MODELS_DIR", default_models_dir())
     result = {"sweep": cmd_sweep, "single": cmd_single, "saturate": cmd_saturate,
               "gateway": cmd_gateway}[args.mode](args)
     if args.json:

@@ -35,6 +35,7 @@ import numpy as np
 import openai
 import psutil
 
+from bench.models_env import default_models_dir
 from edge_server.audio import read_audio
 from edge_server.evaluation import word_error_rate
 
@@ -78,7 +79,7 @@ def write_opus(path: Path, minutes: float, bit_rate: int) -> tuple[float, str]:
 
 def start_server(extra: list[str], folder: Path) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.setdefault("EARSHOT_MODELS_DIR", str(SHARED / "models"))
+    env.setdefault("EARSHOT_MODELS_DIR", default_models_dir())
     state = str(folder / "state")
     env.setdefault("EARSHOT_SERVER_STATE_DIR", state)
     env.setdefault("EARSHOT_SERVER_TOKEN_FILE", str(Path(state) / "token"))

@@ -7,6 +7,13 @@ the network runs on the GUI thread: probes and connecting happen on the loop, an
 outcome comes back as queued signals. Audio arrives on the capture source's thread: it is
 journaled there and handed to the loop; results come back from the loop as queued Qt
 signals, so slots (history writes, widgets) run on the GUI thread.
+
+Model choice: `model` is the user's pick (None: each server's default). The embedded
+server serves the picked model (`set_model` restarts it, after the dictation running
+then); a remote server is asked for it only when it serves it (its `/healthz` models, seen
+when it was probed), else it decodes with its own default. Which models a server serves
+(`models_available`) and which one the server in use runs (`model_in_use`, from its
+`ready`) are signalled.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from desktop.lan.pairing import (
 from desktop.lan.pins import PinStore
 from desktop.lan.trust import url_token_key
 from desktop.loop_thread import LoopThread
+from desktop.stream_client import StreamClient
 
 log = logging.getLogger(__name__)
 LOCAL_NAME = "This computer"
@@ -77,6 +85,8 @@ class _Bridge(DictationListener):
         name = endpoint.name if endpoint else ""
         device = (endpoint.device or "") if endpoint else ""
         self.c.state.emit(state, name, device, detail)
+        if endpoint is not None and state in ("connected", "fallback"):
+            self.c.connected_to(endpoint)
 
     def on_latency(self, endpoint: Endpoint, milliseconds: float) -> None:
         self.c.latency.emit(endpoint.name, endpoint.device or "", milliseconds)
@@ -96,6 +106,8 @@ class DictationController(QObject):
     trust_warning = Signal(str)  # a server refused as an impostor, an insecure token store
     start_failed = Signal(str)  # a start() that did not connect (after `failed`)
     audio_lost = Signal(float)  # ms of audio the sound system lost in this dictation (silence)
+    models_available = Signal(str, list)  # server name, the models it serves (default first)
+    model_in_use = Signal(str, str)  # server name, the model it decodes this dictation with
     _source_ended = Signal(object)  # from the capture thread: the AudioSource that ended
     _finish_done = Signal(int, bool)  # from the loop thread: dictation id, all transcribed
     _start_result = Signal(object, str, str)  # from the loop: Dictation, server name, error
@@ -107,7 +119,11 @@ class DictationController(QObject):
         self.history = history
         self.journal = journal
         self.loop = LoopThread()
+        self.model = model  # the user's pick; None: each server's default
         self.embedded = EmbeddedServer(model=model)
+        self._served: dict[str, tuple[str, ...]] = {}  # server url -> models it serves
+        self._clients: dict[str, StreamClient] = {}  # server url -> its latest client
+        self._restart_local = False  # set_model during a dictation: restart afterwards
         self.choice = ServerChoice()
         self.dictation: Dictation | None = None
         self.dictation_id: int | None = None
@@ -153,6 +169,9 @@ class DictationController(QObject):
                 log.info("discovery unavailable: %s", exc)
                 found, warnings = [], []
             self.discovered = found
+            for server in found:  # the TXT record's `models`, until a probe or ready says
+                if server.models and server.url not in self._served:
+                    self._served[server.url] = server.models
             self.servers_found.emit(found)
             for warning in warnings:
                 self.warn(warning)
@@ -187,10 +206,102 @@ class DictationController(QObject):
 
         return self.loop.submit(run())
 
+    # ---- model choice ------------------------------------------------------------------------
+    @staticmethod
+    def installed_models() -> list[str]:
+        """Speech models installed on this computer (the embedded server can serve them),
+        the catalog's default first."""
+        from models.catalog import load_catalog
+        from models.store import ModelNotReadyError, require_form
+
+        catalog = load_catalog()
+        ids = sorted((m for m, s in catalog.models.items() if s.kind == "asr"),
+                     key=lambda m: (m != catalog.default_asr, m))
+
+        def ready(model_id: str) -> bool:  # the files the embedded server's CPU form loads
+            try:
+                require_form(model_id, device="cpu")
+            except (ModelNotReadyError, KeyError):
+                return False
+            return True
+
+        return [m for m in ids if ready(m)]
+
+    def local_model(self) -> str:
+        """The model the embedded server serves: the pick when it is installed here, else
+        the catalog's default."""
+        from models.catalog import load_catalog
+
+        if self.model and self.model in self.installed_models():
+            return self.model
+        return load_catalog().default_asr
+
+    def embedded_model(self) -> str:
+        """The model the embedded server (as started) serves."""
+        from models.catalog import load_catalog
+
+        return self.embedded.settings.model or load_catalog().default_asr
+
+    def set_model(self, model: str | None) -> None:
+        """Pick the model (GUI thread). The embedded server is restarted to serve it, at once
+        when no dictation runs, else when it has finished; remote servers get it in the
+        next dictation's `hello` when they serve it."""
+        if model == self.model:
+            return
+        self.model = model
+        if self.embedded_model() == self.local_model():
+            return
+        if self.dictation is not None:
+            self._restart_local = True
+        else:
+            self._restart_embedded()
+
+    def _restart_embedded(self) -> None:
+        """Replace the embedded server by one serving `model`; the old one stops in the
+        background (it drains for up to 10 s; the GUI thread never waits for it)."""
+        self._restart_local = False
+        old = self.embedded
+        self.embedded = EmbeddedServer(model=self.local_model())
+        if old.status != "stopped":
+            threading.Thread(target=old.stop, name="embedded-server-stop", daemon=True).start()
+            self.start_local_server()
+
+    def served_models(self, url: str) -> tuple[str, ...]:
+        """Models a server was seen to serve (probe, or ready), default first; () unknown."""
+        return self._served.get(url, ())
+
+    def _model_for(self, url: str) -> str | None:
+        """What a stream to `url` asks for: the pick when that server serves it, else None
+        (the server's default)."""
+        return self.model if self.model and self.model in self.served_models(url) else None
+
+    def _make_client(self, url: str, **kwargs) -> StreamClient:
+        """Dictation's client factory (loop thread): a StreamClient asking for the model."""
+        client = StreamClient(url, model=self._model_for(url), **kwargs)
+        self._clients[url] = client
+        return client
+
+    def connected_to(self, endpoint: Endpoint) -> None:
+        """A dictation's stream is open on `endpoint` (loop thread): tell which model the
+        server decodes with and which it serves."""
+        client = self._clients.get(endpoint.url)
+        served = client.server.get("models") if client is not None else None
+        if served:
+            self._served[endpoint.url] = tuple(served)
+            self.models_available.emit(endpoint.name, list(served))
+        if client is not None and client.model_used:
+            self.model_in_use.emit(endpoint.name, client.model_used)
+
+    def _remember_served(self, url: str, health: dict | None) -> None:
+        models = ((health or {}).get("server") or {}).get("models")
+        if models:
+            self._served[url] = tuple(models)
+
     # ---- embedded server -------------------------------------------------------------------
     def start_local_server(self) -> None:
         self.embedded.start()
         self.local_server.emit("starting")
+        self.models_available.emit(LOCAL_NAME, self.installed_models())
         self._poll.start(100)
 
     def _check_embedded(self) -> None:
@@ -201,6 +312,7 @@ class DictationController(QObject):
     def local_endpoint(self) -> Endpoint | None:
         if self.embedded.status != "ready" or self.embedded.url is None:
             return None
+        self._served[self.embedded.url] = (self.embedded_model(),)
         return Endpoint(LOCAL_NAME, self.embedded.url, self.embedded.token, "cpu", local=True)
 
     async def choose_endpoints(self) -> list[Endpoint]:
@@ -219,6 +331,7 @@ class DictationController(QObject):
                     self.warn(str(exc))
                     continue
                 if health is not None:
+                    self._remember_served(a.server.url, health)
                     out.append(Endpoint(a.server.name, a.server.url, a.token, a.server.device,
                                         fingerprint=a.fingerprint))
                     break
@@ -239,6 +352,7 @@ class DictationController(QObject):
                 self.warn(str(exc))
                 health = None
             if health is not None:
+                self._remember_served(self.choice.url, health)
                 server = health.get("server", {})
                 name = pin.name if pin else self.choice.url.split("//")[-1]
                 out.append(Endpoint(name, self.choice.url, token, server.get("device"),
@@ -276,7 +390,7 @@ class DictationController(QObject):
         if self.dictation is not None:
             return False
         self.writer = self.journal.open(uuid.uuid4().hex)
-        self.dictation = Dictation(None, _Bridge(self))
+        self.dictation = Dictation(None, _Bridge(self), client_factory=self._make_client)
         self.dictation_id = None
         self._title = title
         self._connected = False
@@ -415,6 +529,8 @@ class DictationController(QObject):
         self.source = None
         self.last_complete = ok
         self.recording.emit(False)
+        if self._restart_local:  # the model was changed during this dictation
+            self._restart_embedded()
         if not ok:
             failed = dictation.failed_segments if dictation is not None else 0
             what = (f"{failed} segment(s) could not be transcribed by any server"

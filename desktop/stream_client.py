@@ -13,6 +13,9 @@ then waits as the server asks and tries again under a `RetryPolicy` (bounded att
 capped total wait, jittered waits never longer than `max_delay_s`); without a policy the
 refusal is raised at once (the app, which has a local fallback, does that). The whole
 handshake (TCP, TLS, upgrade, `hello` -> `ready`) is bounded by `connect_timeout_s`.
+`model` asks for one of the server's models (None: its default); `model_used` is what the
+server's `ready` said it decodes with, and a server that does not serve the model refuses
+with StreamError `unknown_model` (its message lists the served ones).
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ class StreamClient:
                  on_event: EventCallback | None = None, resume_window_s: float = 30.0,
                  connect_timeout_s: float = 10.0,
                  ssl_context: ssl.SSLContext | None = None,
-                 fingerprint: str | None = None) -> None:
+                 fingerprint: str | None = None, model: str | None = None) -> None:
         """How a https/wss server is verified: `fingerprint` (SHA-256 of its certificate,
         hex, the pin taken at pairing) accepts exactly that certificate; else
         `ssl_context`; else the system's CAs (which honour SSL_CERT_FILE)."""
@@ -150,6 +153,8 @@ class StreamClient:
         self.session_id = session_id or uuid.uuid4().hex
         self.sample_rate = sample_rate
         self.partials = partials
+        self.model = model
+        self.model_used: str | None = None  # from `ready`
         self.on_event = on_event
         self.resume_window_s = resume_window_s
         self.connect_timeout_s = connect_timeout_s
@@ -239,6 +244,7 @@ class StreamClient:
             await ws.close()
             raise
         self.server = data.get("server", {})
+        self.model_used = data.get("model") or self.server.get("model")
         self._ws = ws
         self._drop_acked(data["next_seq"] - 1)
         i = 0
@@ -277,12 +283,15 @@ class StreamClient:
     async def _hello(self, ws: aiohttp.ClientWebSocketResponse, resume: bool) -> dict:
         """Send `hello`, return the `ready` (StreamError for anything else; `ws` stays open)."""
         last_final = self.finals[-1].segment if self.finals else -1
-        await ws.send_str(json.dumps({
+        hello = {
             "type": "hello", "protocol": PROTOCOL_VERSION, "session": self.session_id,
             "token": self.token, "resume": resume, "last_final": last_final,
             "partials": self.partials,
             "audio": {"encoding": "pcm_s16le", "sample_rate": self.sample_rate, "channels": 1},
-        }))
+        }
+        if self.model:
+            hello["model"] = self.model
+        await ws.send_str(json.dumps(hello))
         msg = await ws.receive()
         if msg.type != aiohttp.WSMsgType.TEXT:
             raise StreamError("closed", f"server closed the stream before ready ({ws.close_code})")

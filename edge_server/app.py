@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from edge_server.clips import ClipTranscriber
-from edge_server.config import ServerSettings
+from edge_server.config import ServerSettings, UnknownServedModel, served_models
 from edge_server.lan.auth import AuthPolicy, FailedAttempts, TokenSource, default_token_file
 from edge_server.lan.pairing import add_pairing_routes
 from edge_server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -39,6 +39,19 @@ if TYPE_CHECKING:
     from edge_server.wyoming_server import WyomingServer
 
 log = logging.getLogger(__name__)
+TXT_MAX = 255  # bytes of one DNS-SD TXT string ("key=value")
+
+
+def txt_models(models: tuple[str, ...]) -> str:
+    """The `models` TXT value: ids joined by commas, as many as fit one TXT string (the
+    default first; ids that do not fit are left out, never cut)."""
+    value = ""
+    for model in models:
+        candidate = f"{value},{model}" if value else model
+        if len(f"models={candidate}".encode()) > TXT_MAX:
+            break
+        value = candidate
+    return value
 
 
 def _auth_policy(settings: ServerSettings) -> AuthPolicy:
@@ -63,8 +76,9 @@ class EdgeServer:
         self.server_id = identity.server_id if identity else uuid.uuid4().hex[:16]
         self.tls_fingerprint = tls_fingerprint
         self.bind_host = settings.host  # the CLI sets what it really bound
+        self.models = served_models(settings)  # the default first; ValueError if unknown
         self.pool = WorkerPool(WorkerConfig(
-            model_id=settings.model, device=settings.device, threads=settings.threads,
+            model_ids=self.models, device=settings.device, threads=settings.threads,
             workers=settings.workers, noop=settings.noop_engine,
             deadline_floor_s=settings.batch_deadline_floor_s,
             deadline_cap_s=settings.batch_deadline_cap_s,
@@ -76,7 +90,9 @@ class EdgeServer:
                                    settings.partial_budget_s, settings.clip_budget_s,
                                    self.metrics.observe_batch,
                                    max_session_rows=settings.max_session_rows,
-                                   backlog_batch_s=settings.backlog_batch_s)
+                                   backlog_batch_s=settings.backlog_batch_s,
+                                   degrade_recover_s=settings.degrade_recover_s,
+                                   degrade_hold_s=settings.degrade_hold_s)
         self.registry = SessionRegistry(settings, self.vad, self.scheduler)
         self.clips = ClipTranscriber(self.scheduler, self.vad, settings.segmenter,
                                      settings.max_clip_jobs)
@@ -142,7 +158,7 @@ class EdgeServer:
         free = 0 if self.draining or not self.pool.serving else max(
             0, min(cap, self.settings.max_sessions) - self.registry.active)
         return {"protocol": str(PROTOCOL_VERSION), "id": self.server_id,
-                "models": self.model_id,
+                "models": txt_models(self.models),
                 "device": info.get("device") or self.settings.device,
                 "capacity": str(free),
                 "token": "required" if self.auth.token_required else "none",
@@ -152,10 +168,17 @@ class EdgeServer:
 
     @property
     def model_id(self) -> str:
-        """The served model: what the workers loaded, else what they were asked to load."""
-        from models.catalog import load_catalog
+        """The default model: sessions that name none are decoded with it."""
+        return self.models[0]
 
-        return self.pool.info.get("model") or self.settings.model or load_catalog().default_asr
+    def resolve_model(self, name: str | None) -> str:
+        """The served model a client asked for (None or "": the default). Raises
+        UnknownServedModel naming the served ids for a model this server does not serve."""
+        if not name:
+            return self.model_id
+        if name not in self.models:
+            raise UnknownServedModel(name, self.models)
+        return name
 
     @property
     def advertised_name(self) -> str:
@@ -194,7 +217,7 @@ class EdgeServer:
     def describe(self) -> dict:
         info = self.pool.info
         return {"id": self.server_id, "fingerprint": self.tls_fingerprint,
-                "model": info.get("model"),
+                "model": self.model_id, "models": list(self.models),
                 "device": info.get("device"), "provider": info.get("provider"),
                 "workers": self.settings.workers}
 
@@ -227,8 +250,8 @@ class EdgeServer:
             log.error("workers failed to start: %s", exc)
             return
         info = self.pool.info
-        log.info("ready: model %s on %s, %d worker(s)", info.get("model"), info.get("provider"),
-                 self.settings.workers)
+        log.info("ready: model(s) %s on %s, %d worker(s)", ", ".join(self.models),
+                 info.get("provider"), self.settings.workers)
 
     async def _on_cleanup(self, app: web.Application) -> None:
         if self.advertiser is not None:

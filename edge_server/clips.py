@@ -97,21 +97,22 @@ class ClipTranscriber:
         return ClipSlot(self)
 
     async def transcribe(self, blocks: Blocks, source: str = "",
-                         slot: ClipSlot | None = None) -> Transcript:
+                         slot: ClipSlot | None = None, model: str | None = None) -> Transcript:
         """The clip's transcript; raises ClipsBusy, ClipError or the reader's exception.
 
         With `slot` (from `reserve()`) the caller keeps owning it; without, one is taken
-        and given back here.
+        and given back here. `model`: the served model to decode with (None: the default).
         """
         own = self.reserve() if slot is None else None
         try:
-            return await self._transcribe(blocks, source)
+            return await self._transcribe(blocks, source, model)
         finally:
             if own is not None:
                 own.release()
 
-    async def _transcribe(self, blocks: Blocks, source: str) -> Transcript:
-        job = _Job(f"clip-{next(self._ids)}")
+    async def _transcribe(self, blocks: Blocks, source: str,
+                          model: str | None = None) -> Transcript:
+        job = _Job(f"clip-{next(self._ids)}", model)
         try:
             async with contextlib.aclosing(self._iterate(blocks)) as stream:
                 duration = await self._segment_and_submit(job, stream)
@@ -176,7 +177,7 @@ class ClipTranscriber:
         future = asyncio.get_running_loop().create_future()
         self.scheduler.submit(DecodeRequest(
             job.id, len(job.pending), "clip", audio, int(start * SAMPLE_RATE),
-            int(end * SAMPLE_RATE), future=future))
+            int(end * SAMPLE_RATE), future=future, model=job.model))
         job.pending.append((start, end, future))
         job.inflight.append((end - start, future))
 
@@ -198,8 +199,9 @@ class ClipTranscriber:
 class _Job:
     """One clip's segments: all of them (`pending`, in order) and the unfinished ones."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, model: str | None = None) -> None:
         self.id = job_id
+        self.model = model
         self.pending: list[tuple[float, float, asyncio.Future]] = []
         self.inflight: list[tuple[float, asyncio.Future]] = []
 

@@ -7,6 +7,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from edge_server.partial_policy import check_partial_settings
 from edge_server.segmenter import SegmenterConfig
 
 # loopback and private LAN ranges: Wyoming has no token, so it is open to these only
@@ -19,7 +20,8 @@ LIST_KEYS = ("mdns_interfaces", "wyoming_allow", "trusted_proxies")  # TOML list
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8765
-    model: str | None = None
+    model: str | None = None  # served model ids, comma-separated (the first is the default)
+    models: tuple[str, ...] = ()  # the same as a list (config `models = [...]`); wins over model
     device: str = "auto"
     workers: int = 1
     threads: int | None = None
@@ -40,6 +42,15 @@ class ServerSettings:
     max_wait_ms: float = 10.0
     partial_interval_ms: int = 400
     degrade_after_s: float = 0.8  # partials pause while a final has waited this long
+    # -- partials: cost and shedding (edge_server/partial_policy.py) --
+    degrade_recover_s: float = 0.4  # ... and resume once that wait stayed below this
+    degrade_hold_s: float = 2.0  # ... for this long (hysteresis: no flapping)
+    partial_chunk_s: float = 8.0  # partials decode ~this much audio: chunks cut at pauses
+    partial_min_chunk_s: float = 4.0  # shortest chunk committed
+    partial_max_chunk_s: float = 12.0  # ... and the longest, when speech has no pause
+    partial_min_tail_ms: int = 300  # a shorter uncommitted tail is not decoded alone
+    partial_need_speech: bool = True  # no partial when only silence arrived since the last
+    # -- end of partials block --
     partial_budget_s: float = 3.0  # most audio seconds of partials decoded in one batch
     overload_after_s: float = 2.0  # new sessions refused while a final has waited this long
     max_session_rows: int = 4  # a session's rows in one batch while other sessions wait
@@ -112,4 +123,39 @@ def load_settings(path: Path | None, overrides: dict) -> ServerSettings:
     _check_networks(data.get("wyoming_allow", ()), "wyoming_allow")
     _check_networks(data.get("trusted_proxies", ()), "trusted_proxies")
     settings = replace(ServerSettings(), **data)
-    return replace(settings, segmenter=replace(settings.segmenter, **seg))
+    settings = replace(settings, segmenter=replace(settings.segmenter, **seg))
+    check_partial_settings(settings)  # ValueError naming the inconsistent settings
+    return settings
+
+
+class UnknownServedModel(ValueError):
+    """A client asked for a model this server does not serve (the message lists them)."""
+
+    def __init__(self, name: str, served: tuple[str, ...]) -> None:
+        super().__init__(f"model {name[:64]!r} is not served here (served: "
+                         f"{', '.join(served)})")
+        self.name = name
+        self.served = served
+
+
+def served_models(settings: ServerSettings) -> tuple[str, ...]:
+    """The model ids a server serves, the default first: `models` (a list, or "a,b"), else
+    `model` ("a" or "a,b"), else the catalog's default. With the no-op engine and nothing
+    asked: ("noop",). Raises ValueError for an id the catalog does not list (naming the
+    catalog's speech models), for a model that is not a speech recognizer, or for a repeat."""
+    from models.catalog import load_catalog
+
+    raw: object = settings.models or settings.model or ""
+    items = raw.split(",") if isinstance(raw, str) else list(raw)  # type: ignore[arg-type]
+    ids = tuple(str(i).strip() for i in items if str(i).strip())
+    catalog = load_catalog()
+    if not ids:
+        return ("noop",) if settings.noop_engine else (catalog.default_asr,)
+    asr = sorted(m for m, spec in catalog.models.items() if spec.kind == "asr")
+    for model_id in ids:
+        if model_id not in asr:
+            raise ValueError(f"unknown model '{model_id}' (the catalog's speech models: "
+                             f"{', '.join(asr)})")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"a model is listed twice: {', '.join(ids)}")
+    return ids

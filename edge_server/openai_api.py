@@ -2,8 +2,9 @@
 
 Any OpenAI client works by pointing its base URL at `http://BOX:8765/v1` and using the
 server token as the API key (`Authorization: Bearer TOKEN`; loopback clients need none
-by default). `model` may be the served model id or `whisper-1` (an alias for the served
-model, since many tools hard-code it).
+by default). `model` picks one of the served models (`GET /v1/models` lists them); absent
+or `whisper-1` (many tools hard-code it) means the server's default model; any other id is
+refused with 400 `model_not_found`, whose message lists the served ids.
 
 An upload, in order:
 1. authorization, readiness (503 while starting or draining) and a clip slot (429 when
@@ -95,11 +96,22 @@ class OpenAiApi:
     # ---- helpers -------------------------------------------------------------------------
     @property
     def model_id(self) -> str:
+        """The default model (what `whisper-1` or no `model` mean)."""
         return self.server.model_id
 
-    def _model_entry(self) -> dict:
-        return {"id": self.model_id, "object": "model", "created": int(self.server.started_wall),
+    def _model_entry(self, model_id: str) -> dict:
+        return {"id": model_id, "object": "model", "created": int(self.server.started_wall),
                 "owned_by": "earshot"}
+
+    def _served(self, name: str | None) -> str:
+        """The served model a request names (None, "" or an alias: the default)."""
+        if not name or name in MODEL_ALIASES:
+            return self.model_id
+        if name not in self.server.models:
+            raise ApiError(400, f"the model '{name[:64]}' is not served here (served: "
+                           f"{', '.join(self.server.models)}; 'whisper-1' means "
+                           f"{self.model_id})", param="model", code="model_not_found")
+        return name
 
     def _client(self, request: web.Request) -> ClientAddress:
         """The client (behind a trusted proxy: the one it names) for auth, lockout and logs."""
@@ -176,18 +188,20 @@ class OpenAiApi:
             self._authorize(request)
         except ApiError as exc:
             return exc.response()
-        return web.json_response({"object": "list", "data": [self._model_entry()]})
+        return web.json_response({"object": "list",
+                                  "data": [self._model_entry(m) for m in self.server.models]})
 
     async def model(self, request: web.Request) -> web.Response:
         try:
             self._authorize(request)
             name = request.match_info["model"]
-            if name not in (self.model_id, *MODEL_ALIASES):
-                raise ApiError(404, f"the model '{name}' does not exist on this server",
+            if name not in (*self.server.models, *MODEL_ALIASES):
+                raise ApiError(404, f"the model '{name[:64]}' does not exist on this server "
+                               f"(served: {', '.join(self.server.models)})",
                                param="model", code="model_not_found")
         except ApiError as exc:
             return exc.response()
-        return web.json_response(self._model_entry())
+        return web.json_response(self._model_entry(self._served(name)))
 
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
@@ -210,7 +224,7 @@ class OpenAiApi:
                 except UploadError as exc:
                     raise ApiError(400, str(exc), param=exc.param) from None
                 options = self._options(form)
-                transcript = await self._transcribe(request, form, slot)
+                transcript = await self._transcribe(request, form, slot, options["model"])
         except ApiError as exc:
             return self._refused(client, exc)
         finally:
@@ -227,21 +241,14 @@ class OpenAiApi:
     def _options(self, form) -> dict:
         if form.file_path is None:
             raise ApiError(400, "you must provide a 'file' (multipart form field)", param="file")
-        model = form.get("model")
-        if not model:
-            raise ApiError(400, "you must provide a 'model' (e.g. whisper-1 or "
-                           f"{self.model_id})", param="model")
-        if model not in (self.model_id, *MODEL_ALIASES):
-            raise ApiError(400, f"the model '{model}' is not served here (this server runs "
-                           f"{self.model_id}; 'whisper-1' is an alias for it)", param="model",
-                           code="model_not_found")
+        model = self._served(form.get("model"))
         fmt = form.get("response_format") or "json"
         if fmt not in RESPONSE_FORMATS:
             raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}",
                            param="response_format")
         language = (form.get("language") or "en").lower()
         if language not in LANGUAGES:
-            raise ApiError(400, f"language '{language}' is not supported by {self.model_id} "
+            raise ApiError(400, f"language '{language}' is not supported by {model} "
                            f"(supported: {', '.join(LANGUAGES)})", param="language",
                            code="unsupported_language")
         grains = form.fields.get("timestamp_granularities[]", []) + form.fields.get(
@@ -260,23 +267,24 @@ class OpenAiApi:
         if (form.get("stream") or "false").lower() == "true":
             raise ApiError(400, "streaming responses are not supported for this model; use "
                            "the WebSocket stream for live text", param="stream")
-        return {"response_format": fmt, "language": language}
+        return {"response_format": fmt, "language": language, "model": model}
 
     def _limits(self) -> DecodeLimits:
         settings = self.server.settings
         return DecodeLimits(max_audio_s=settings.max_upload_audio_s,
                             timeout_s=settings.upload_decode_timeout_s)
 
-    async def _decode_and_transcribe(self, form, slot: ClipSlot):
+    async def _decode_and_transcribe(self, form, slot: ClipSlot, model: str):
         async with UploadDecoder(form.file_path, self._limits(), self.zygote) as decoder:
             log.debug("upload %s: %s (%s), %s s", form.file_name, decoder.info.get("format"),
                       decoder.info.get("codec"), decoder.info.get("duration"))
             return await self.server.clips.transcribe(decoder, source=form.file_name or "",
-                                                      slot=slot)
+                                                      slot=slot, model=model)
 
-    async def _transcribe(self, request: web.Request, form, slot: ClipSlot):
+    async def _transcribe(self, request: web.Request, form, slot: ClipSlot, model: str):
         """Decode and transcribe the saved upload; abandoned when the client disconnects."""
-        job = asyncio.get_running_loop().create_task(self._decode_and_transcribe(form, slot))
+        job = asyncio.get_running_loop().create_task(
+            self._decode_and_transcribe(form, slot, model))
         try:
             while not job.done():
                 await asyncio.wait({job}, timeout=0.5)

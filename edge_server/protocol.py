@@ -45,6 +45,7 @@ class ErrorCode(StrEnum):
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
     CLIENT_TOO_SLOW = "client_too_slow"  # close reason only: the client does not read
+    UNKNOWN_MODEL = "unknown_model"  # hello asked for a model the server does not serve
 
 
 class CloseCode(IntEnum):
@@ -56,6 +57,7 @@ class CloseCode(IntEnum):
     IDLE_TIMEOUT = 4409
     SESSION_REPLACED = 4410
     SESSION_UNKNOWN = 4411
+    UNKNOWN_MODEL = 4404  # hello's `model` is not served (the message lists the served ones)
     FRAME_TOO_LARGE = 4413
     UNSUPPORTED = 4415  # protocol version or audio format
     CLIENT_TOO_SLOW = 4419  # send queue over its bound; no error message; resumable
@@ -81,7 +83,9 @@ ERROR_CLOSE = {
     ErrorCode.SHUTTING_DOWN: CloseCode.GOING_AWAY,
     ErrorCode.INTERNAL: CloseCode.INTERNAL,
     ErrorCode.CLIENT_TOO_SLOW: CloseCode.CLIENT_TOO_SLOW,
+    ErrorCode.UNKNOWN_MODEL: CloseCode.UNKNOWN_MODEL,
 }
+MAX_MODEL_ID = 100  # longest `model` a hello may name
 
 
 class ProtocolError(Exception):
@@ -107,6 +111,7 @@ class Hello:
     resume: bool  # True: continue an existing session (after a dropped connection)
     last_final: int  # resume: highest final segment id the client holds (-1: none)
     partials: bool
+    model: str | None = None  # catalog id of the model to decode with (None: the default)
 
 
 def _field(msg: dict, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
@@ -161,6 +166,10 @@ def parse_hello(msg: dict) -> Hello:
                             f"sample rate {rate!r} is not supported (supported: "
                             f"{', '.join(map(str, SUPPORTED_RATES))})")
     token = _field(msg, "token", (str, type(None)), None)
+    model = _field(msg, "model", (str, type(None)), None)
+    if model is not None and (not 1 <= len(model) <= MAX_MODEL_ID or not model.isprintable()):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE,
+                            f"hello: 'model' must be 1-{MAX_MODEL_ID} printable chars")
     return Hello(
         session=session,
         token=token,
@@ -168,6 +177,7 @@ def parse_hello(msg: dict) -> Hello:
         resume=bool(_field(msg, "resume", bool, False)),
         last_final=_field(msg, "last_final", int, -1),
         partials=bool(_field(msg, "partials", bool, True)),
+        model=model,
     )
 
 

@@ -17,7 +17,8 @@ Batch composition, in this order of priority:
    worker quickly. Partials are dropped while a final has waited more than
    `degrade_after_s` to be served (load shedding: partials degrade before finals; the
    wait is `oldest_final_wait()`: a session's next final counts from when the one before
-   it was taken, so one client's backlog is not the server being behind).
+   it was taken, so one client's backlog is not the server being behind), and until that
+   wait has stayed below `degrade_recover_s` for `degrade_hold_s` (`degraded`, hysteresis).
 4. Finals again, without the per-session cap, unless the batch holds a session's last
    waiting final: a batch carrying such a final (a live stream's) stays small so that it
    decodes quickly; one made only of backlogged sessions' finals fills up (throughput),
@@ -38,6 +39,15 @@ Failures (nothing is lost, nothing loops):
 - Partials follow the same rules (their retry is dropped instead once degraded or once
   their segment's final is queued); every partial submitted is answered exactly once:
   decoded text, or text None (dropped: the session may ask again), or an error.
+
+Models (a server may serve several; every worker loads them all): each request carries
+its `model` (a request without one takes its session's, bound with `bind_model()`, else
+the pool's default), and a batch holds one model only. Each batch goes to the model whose
+work has waited longest: a final counts from when it became its session's next
+(`FairQueue.front_wait`) plus `FINAL_HEAD_START_S` (finals before partials), a partial from
+when it was queued, a clip like a final without the head start; retries go first, alone,
+whatever their model. So one model's backlog cannot starve the other: the other's oldest
+request only grows older until it wins. Within the chosen model the rules above apply.
 While no worker is ready (all restarting) requests simply wait in the queues.
 Runs on the event loop; not thread-safe.
 """
@@ -54,6 +64,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_server.background import spawn
+from edge_server.partial_policy import ShedGate
 from edge_server.workers import BatchRejected, WorkerCrashed, WorkerLost, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -63,6 +74,8 @@ SPEED_WINDOW = 200  # recent batches with finals/clips that measure the decode s
 CAPACITY_MIN_BATCHES = 20  # ... measured before that speed is trusted for admission
 CRASHED_TWICE = "decoding this segment crashed the worker twice"
 ACTIVE_S = 5.0  # a session that submitted anything this recently is active (live)
+FINAL_HEAD_START_S = 0.25  # a model's waiting final outranks partials this much younger
+_ANY = object()  # FairQueue.take: requests of any model
 
 
 @dataclass(eq=False)
@@ -79,6 +92,7 @@ class DecodeRequest:
     solo: bool = False  # run alone (a retry, or a segment suspected of crashing workers)
     cut: bool = False  # a final of speech cut short by the server ending the turn (drain)
     future: asyncio.Future | None = None  # clips: resolved with the text (or an exception)
+    model: str | None = None  # catalog id; None: the session's (bind_model), else the default
 
     @property
     def seconds(self) -> float:
@@ -99,6 +113,7 @@ class SchedulerStats:
     requeued: int = 0  # rows retried alone after their batch failed
     batch_failures: int = 0  # batches that failed (crash, hang, engine error)
     batch_sizes: deque = field(default_factory=lambda: deque(maxlen=1000))
+    model_batches: Counter = field(default_factory=Counter)  # model id -> batches decoded
     final_latency: deque = field(default_factory=lambda: deque(maxlen=2000))
 
 
@@ -142,6 +157,19 @@ class FairQueue:
             return 0.0
         return time.monotonic() - min(self._front_since.values())
 
+    def front(self, session_id: str) -> DecodeRequest:
+        """The next request of a session that has any queued."""
+        return self._queues[session_id][0]
+
+    def oldest_front(self) -> dict[str | None, float]:
+        """Per model: the earliest time one of its sessions' next request became next."""
+        oldest: dict[str | None, float] = {}
+        for sid, q in self._queues.items():
+            since = self._front_since[sid]
+            model = q[0].model
+            oldest[model] = min(since, oldest.get(model, since))
+        return oldest
+
     def remove_session(self, session_id: str) -> list[DecodeRequest]:
         removed = list(self._queues.pop(session_id, ()))
         self._front_since.pop(session_id, None)
@@ -149,16 +177,19 @@ class FairQueue:
         return removed
 
     def take(self, batch: list[DecodeRequest], max_rows: int, per_session: Counter,
-             cap: int | None = None, budget: float = float("inf")) -> float:
+             cap: int | None = None, budget: float = float("inf"),
+             model: object = _ANY) -> float:
         """Append requests to `batch` round-robin until it holds `max_rows`: per round, one
         from each session, sessions ordered by their oldest request. A session stops at
         `cap` rows in the batch (`per_session` counts them, updated here) or when its next
-        request would exceed the audio `budget` (a batch's first row always fits).
+        request would exceed the audio `budget` (a batch's first row always fits). With
+        `model`, only sessions whose requests are for that model take part.
         Returns the budget left."""
         blocked: set[str] = set()
         while len(batch) < max_rows:
             order = sorted((q[0].created, sid) for sid, q in self._queues.items()
-                           if sid not in blocked and (cap is None or per_session[sid] < cap))
+                           if sid not in blocked and (cap is None or per_session[sid] < cap)
+                           and (model is _ANY or q[0].model == model))
             if not order:
                 break
             for _, sid in order:
@@ -189,7 +220,8 @@ class Scheduler:
                  max_wait_ms: float = 10.0, degrade_after_s: float = 0.8,
                  partial_budget_s: float = 3.0, clip_budget_s: float = 60.0,
                  on_batch: Callable[[list[DecodeRequest], float], None] | None = None,
-                 max_session_rows: int = 4, backlog_batch_s: float = 1.0) -> None:
+                 max_session_rows: int = 4, backlog_batch_s: float = 1.0,
+                 degrade_recover_s: float | None = None, degrade_hold_s: float = 0.0) -> None:
         self.on_batch = on_batch
         self.partial_budget = partial_budget_s
         self.pool = pool
@@ -197,9 +229,13 @@ class Scheduler:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.degrade_after = degrade_after_s
+        # degraded: on past degrade_after_s; off once below degrade_recover_s (default: the
+        # same) for degrade_hold_s (default 0: no hysteresis; the server passes its settings)
+        self.shed = ShedGate(degrade_after_s, degrade_recover_s, degrade_hold_s)
         self.max_session_rows = max(1, max_session_rows)
         self.backlog_batch_s = backlog_batch_s
         self._seen: dict[str, float] = {}  # session id -> its latest submit (monotonic)
+        self._session_models: dict[str, str] = {}  # session id -> its model (bind_model)
         self.finals = FairQueue()
         self.partials: dict[str, DecodeRequest] = {}
         self.clips = FairQueue()
@@ -215,8 +251,17 @@ class Scheduler:
         self._idle.set()
 
     # ---- API for sessions --------------------------------------------------------------
+    def bind_model(self, session_id: str, model: str | None) -> None:
+        """Requests of `session_id` that name no model run on `model` (until drop_session)."""
+        if model is None:
+            self._session_models.pop(session_id, None)
+        else:
+            self._session_models[session_id] = model
+
     def submit(self, req: DecodeRequest) -> None:
         self._seen[req.session_id] = time.monotonic()
+        if req.model is None:
+            req.model = self._session_models.get(req.session_id) or self.pool.default_model
         if req.kind == "final":
             old = self.partials.get(req.session_id)
             if old is not None and old.segment_id <= req.segment_id:
@@ -254,6 +299,7 @@ class Scheduler:
         """Forget queued work of a session that is gone (in-flight work completes)."""
         self.partials.pop(session_id, None)
         self._seen.pop(session_id, None)
+        self._session_models.pop(session_id, None)
         self.finals.remove_session(session_id)
         gone = self.clips.remove_session(session_id)
         gone += [r for r in self.retries if r.session_id == session_id]
@@ -276,7 +322,10 @@ class Scheduler:
 
     @property
     def degraded(self) -> bool:
-        return self.oldest_final_wait() > self.degrade_after
+        """Partials are shed: on when `oldest_final_wait()` exceeds `degrade_after_s`, off
+        only once it has stayed below `degrade_recover_s` for `degrade_hold_s` (ShedGate;
+        `shed.changes` counts the flips). Evaluated (and the state updated) on every read."""
+        return self.shed.update(self.oldest_final_wait())
 
     def final_speed(self) -> float | None:
         """Measured audio seconds of finals and clips decoded per busy second of one worker
@@ -337,32 +386,50 @@ class Scheduler:
                 self._dropped(req)
                 continue
             return [req]
+        if self.partials and degraded:
+            for session_id in list(self.partials):
+                self._drop_partial(session_id)
+        model = self._pick_model(now)
         batch: list[DecodeRequest] = []
         rows: Counter = Counter()
-        waiting = set(self.finals.sessions()) | set(self.partials) | set(self.clips.sessions())
+        waiting = {r.session_id for r in self.partials.values() if r.model == model}
+        for queue in (self.finals, self.clips):
+            waiting.update(sid for sid in queue.sessions() if queue.front(sid).model == model)
         cap = self.max_session_rows if len(waiting) > 1 else None
-        self.finals.take(batch, self.max_batch, rows, cap)
+        self.finals.take(batch, self.max_batch, rows, cap, model=model)
         if self.partials:
-            if degraded:
-                for session_id in list(self.partials):
-                    self._drop_partial(session_id)
-            else:
-                budget = self.partial_budget
-                for req in sorted(self.partials.values(), key=lambda r: r.created):
-                    if len(batch) >= self.max_batch or (budget < req.seconds and batch):
-                        break
-                    budget -= req.seconds
-                    batch.append(self.partials.pop(req.session_id))
+            budget = self.partial_budget
+            for req in sorted(self.partials.values(), key=lambda r: r.created):
+                if req.model != model:
+                    continue
+                if len(batch) >= self.max_batch or (budget < req.seconds and batch):
+                    break
+                budget -= req.seconds
+                batch.append(self.partials.pop(req.session_id))
         if not any(r.kind == "final" and r.session_id not in self.finals.sessions()
                    for r in batch):  # no session has all its finals here: fill up
-            self.finals.take(batch, self.max_batch, rows, budget=self._backlog_budget(batch))
-        self.clips.take(batch, self.max_batch, rows, budget=self.clip_budget)
+            self.finals.take(batch, self.max_batch, rows, model=model,
+                             budget=self._backlog_budget(batch, model))
+        self.clips.take(batch, self.max_batch, rows, budget=self.clip_budget, model=model)
         return batch
 
-    def _backlog_budget(self, batch: list[DecodeRequest]) -> float:
+    def _pick_model(self, now: float) -> str | None:
+        """The model whose queued work waited longest (see "Models" in the docstring)."""
+        score: dict[str | None, float] = {}
+        for model, since in self.finals.oldest_front().items():
+            score[model] = now - since + FINAL_HEAD_START_S
+        for req in self.partials.values():
+            score[req.model] = max(score.get(req.model, -1.0), now - req.created)
+        for model, since in self.clips.oldest_front().items():
+            score[model] = max(score.get(model, -1.0), now - since)
+        if not score:
+            return None
+        return max(score, key=lambda m: score[m])
+
+    def _backlog_budget(self, batch: list[DecodeRequest], model: str | None = None) -> float:
         """Audio seconds a batch may still take from backlogs (step 4 of the docstring)."""
         live = set(self._seen) - set(self.finals.sessions())  # active, not backlogged
-        speed = self.pool.speed()
+        speed = self.pool.speed(model)
         if speed is None or not live:
             return float("inf")
         return self.backlog_batch_s * speed - sum(r.seconds for r in batch)
@@ -370,7 +437,7 @@ class Scheduler:
     async def _dispatch(self, worker, batch: list[DecodeRequest]) -> None:
         started = time.monotonic()
         try:
-            decoded = await self.pool.run(worker, [r.audio for r in batch])
+            decoded = await self.pool.run(worker, [r.audio for r in batch], batch[0].model)
         except WorkerLost as exc:
             log.warning("%s; %d request(s) go back to the queue", exc, len(batch))
             self._requeue(batch)
@@ -396,6 +463,7 @@ class Scheduler:
             self.on_batch(batch, wall_s)
         self.stats.batches += 1
         self.stats.batch_sizes.append(len(batch))
+        self.stats.model_batches[batch[0].model or ""] += 1
         total = sum(r.seconds for r in batch)
         counted = sum(r.seconds for r in batch if r.kind != "partial")
         if counted > 0 and busy_s > 0:

@@ -170,6 +170,11 @@ class Segmenter:
             return None
         return self._next_id, self._seg_start, self.buffer.end
 
+    def open_probs(self) -> list[tuple[int, float]]:
+        """(window start, speech probability) of the open segment's VAD windows, oldest
+        first ([] while idle). The segmenter's own list: read it, never keep or change it."""
+        return self._seg_probs
+
     def open_segment(self) -> tuple[int, int, np.ndarray] | None:
         """(id, start, audio so far) of the segment still open, for partial decoding.
 

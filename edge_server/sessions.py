@@ -22,6 +22,7 @@ import soxr
 
 from edge_server.audio import pcm16_to_float
 from edge_server.config import ServerSettings
+from edge_server.partial_policy import PartialJob, PartialPlanner, partial_config
 from edge_server.protocol import ErrorCode, ProtocolError, error_message
 from edge_server.scheduler import DecodeRequest, Scheduler
 from edge_server.segmenter import SAMPLE_RATE, Segment, Segmenter
@@ -40,8 +41,12 @@ class Connection(Protocol):
 class Session:
     def __init__(self, session_id: str, token: str | None, sample_rate: int, partials: bool,
                  settings: ServerSettings, vad: VadService, scheduler: Scheduler,
-                 on_ended: Callable[[Session], None]) -> None:
+                 on_ended: Callable[[Session], None], model: str | None = None) -> None:
+        """`model`: the catalog id this session's audio is decoded with (None: the
+        server's default); bound in the scheduler, so every request of the session uses it."""
         self.id = session_id
+        self.model = model
+        scheduler.bind_model(session_id, model)
         self.token = token
         self.sample_rate = sample_rate
         self.partials = partials
@@ -61,8 +66,8 @@ class Session:
         self.pending_finals = 0
         self.partial_in_flight = False  # one partial at a time; every one is answered
         self._partial_failed_segment = -1  # a segment whose partial failed to decode
-        self._last_partial_samples = 0
-        self._partial_segment = -1
+        self._partial_plan = PartialPlanner(partial_config(settings))  # _maybe_partial
+        self._partial_job: tuple[DecodeRequest, PartialJob] | None = None  # in flight
         self._told_degraded = False
         self.ending = False
         self.server_ended = False  # the turn was ended by the server (drain), not the client
@@ -165,25 +170,27 @@ class Session:
         return degraded
 
     def _maybe_partial(self) -> None:
+        """Ask for a partial of the open segment when the PartialPlanner says one is due
+        (cadence in stream time, new speech since the last one, a bounded window: see
+        partial_policy). At most one in flight; none while degraded or after a segment's
+        partial failed."""
         if self._tell_load() or not self.partials or self.partial_in_flight:
             return
         span = self.segmenter.open_span()  # no copy: most frames send no partial
         if span is None:
             return
         seg_id, start, end = span
-        # cadence in stream time: one partial per `partial_interval_ms` of new audio (so a
-        # real-time stream gets them at that wall-clock pace, never faster than decoded)
-        step = self.settings.partial_interval_ms * SAMPLE_RATE // 1000
         if seg_id == self._partial_failed_segment:
             return  # its audio failed alone (or killed workers twice): no more partials of it
-        if seg_id == self._partial_segment and end - start - self._last_partial_samples < step:
+        job = self._partial_plan.plan(seg_id, start, end, self.segmenter.open_probs())
+        if job is None:
             return
-        audio = self.segmenter.buffer.slice(start, end)  # the open segment only
+        audio = self.segmenter.buffer.slice(job.start, job.end)  # a part of the open segment
         self.partial_in_flight = True
-        self._last_partial_samples = len(audio)
-        self._partial_segment = seg_id
-        self.scheduler.submit(DecodeRequest(self.id, seg_id, "partial", audio, start,
-                                            start + len(audio)))
+        req = DecodeRequest(self.id, seg_id, "partial", audio, job.start,
+                            job.start + len(audio))
+        self._partial_job = (req, job)
+        self.scheduler.submit(req)
 
     async def wait_finals_below(self, limit: int) -> None:
         """Backpressure: wait while more than `limit` finals are queued for this session."""
@@ -195,11 +202,18 @@ class Session:
     def on_result(self, req: DecodeRequest, text: str | None, error: str | None) -> None:
         if req.kind == "partial":
             self.partial_in_flight = False  # answered (text, dropped or failed): may ask again
+            job = None
+            if self._partial_job is not None and self._partial_job[0] is req:
+                job, self._partial_job = self._partial_job[1], None
             if error is not None:
                 self._partial_failed_segment = req.segment_id
-            if text and not self.ending and req.segment_id == self.segmenter.open_segment_id:
+            if job is None or error is not None:
+                return
+            shown = self._partial_plan.done(job, text)  # committed chunks + this text
+            if shown and not self.ending and req.segment_id == self.segmenter.open_segment_id:
                 self._send({"type": "partial", "segment": req.segment_id,
-                            "start": round(req.start / SAMPLE_RATE, 3), "text": text})
+                            "start": round(job.segment_start / SAMPLE_RATE, 3),
+                            "text": shown})
             return
         msg = {"type": "final", "segment": req.segment_id,
                "start": round(req.start / SAMPLE_RATE, 3),
@@ -248,9 +262,9 @@ class SessionRegistry:
         self._reaper: asyncio.Task | None = None
 
     def create(self, session_id: str, token: str | None, sample_rate: int,
-               partials: bool) -> Session:
+               partials: bool, model: str | None = None) -> Session:
         session = Session(session_id, token, sample_rate, partials, self.settings, self.vad,
-                          self.scheduler, self._ended)
+                          self.scheduler, self._ended, model=model)
         self.sessions[session_id] = session
         self.sessions_started += 1
         return session

@@ -23,7 +23,12 @@ worker, never on the loop.
   last start attempt failed (the engine cannot load any more); `serving` = ever ready,
   not failed, not closing. While slots restart, `acquire()` simply waits: work queued by
   the caller waits for a worker, it never fails for want of one.
-`acquire()` reserves an idle worker, `run(worker, audios)` decodes on it and releases it.
+- Models: every worker loads every model of `model_ids` (the first is the default; empty:
+  the catalog's default); a batch names the model it runs on (`run(worker, audios,
+  model)`), one model per batch. Speed and deadlines are measured per model (`speed(model)`;
+  `speed()` over all batches).
+`acquire()` reserves an idle worker, `run(worker, audios, model)` decodes on it and
+releases it.
 All methods must be called from the event loop's thread.
 """
 
@@ -65,7 +70,7 @@ class BatchRejected(RuntimeError):
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    model_id: str | None = None
+    model_ids: tuple[str, ...] = ()  # loaded by every worker; the first is the default
     device: str = "auto"
     threads: int | None = None
     workers: int = 1
@@ -110,6 +115,7 @@ class WorkerPool:
         self._deaths = [0] * config.workers  # per slot: deaths since its last finished batch
         self._start_failures = [0] * config.workers  # per slot: failed starts in a row
         self._measured: deque[tuple[float, float]] = deque(maxlen=SPEED_WINDOW)
+        self._measured_by_model: dict[str, deque[tuple[float, float]]] = {}
         self.restart_count = 0
         self.ever_ready = False
         self.info: dict = {}
@@ -152,7 +158,7 @@ class WorkerPool:
         c = self.config
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=worker_main, name=f"earshot-worker-{index}",
-                                 args=(child, c.model_id, c.device, c.threads, c.noop),
+                                 args=(child, tuple(c.model_ids), c.device, c.threads, c.noop),
                                  daemon=True)
         proc.start()
         child.close()
@@ -174,8 +180,8 @@ class WorkerPool:
             return
         worker.info = msg[1]
         self.info = msg[1]
-        log.info("worker %d ready: pid %s, %s on %s", index, msg[1]["pid"], msg[1]["model"],
-                 msg[1]["provider"])
+        log.info("worker %d ready: pid %s, %s on %s", index, msg[1]["pid"],
+                 ", ".join(msg[1]["models"]), msg[1]["provider"])
         self._workers[index] = worker
         self._start_failures[index] = 0
         self.ever_ready = True
@@ -272,19 +278,27 @@ class WorkerPool:
         slots are restarting (not failing to load)."""
         return self.ever_ready and not self.failed and not self._closing
 
-    def speed(self) -> float | None:
-        """Measured audio seconds decoded per busy second of one worker (recent batches);
-        None until `MIN_MEASURED` batches; inf when they took no measurable time."""
-        if len(self._measured) < MIN_MEASURED:
+    @property
+    def default_model(self) -> str | None:
+        """The model a batch without one runs on (None: the engine's own default)."""
+        return self.config.model_ids[0] if self.config.model_ids else None
+
+    def speed(self, model: str | None = None) -> float | None:
+        """Measured audio seconds decoded per busy second of one worker over recent batches
+        (of `model` only, when given); None until `MIN_MEASURED` such batches; inf when they
+        took no measurable time."""
+        measured = self._measured if model is None else self._measured_by_model.get(model, ())
+        if len(measured) < MIN_MEASURED:
             return None
-        audio = sum(a for a, _ in self._measured)
-        busy = sum(b for _, b in self._measured)
+        audio = sum(a for a, _ in measured)
+        busy = sum(b for _, b in measured)
         return audio / busy if busy > 0 else float("inf")
 
-    def deadline(self, audio_s: float) -> float:
-        """Seconds a batch of `audio_s` audio may run before its worker is killed as hung."""
+    def deadline(self, audio_s: float, model: str | None = None) -> float:
+        """Seconds a batch of `audio_s` audio (on `model`) may run before its worker is
+        killed as hung (from that model's measured speed)."""
         c = self.config
-        speed = self.speed()
+        speed = self.speed(model)
         if speed is None:
             return c.deadline_cap_s
         return min(c.deadline_cap_s, max(c.deadline_floor_s, c.deadline_factor * audio_s / speed))
@@ -313,15 +327,18 @@ class WorkerPool:
         async with self._idle:
             self._idle.notify_all()
 
-    async def run(self, worker: _Worker, audios: list[np.ndarray]) -> Decoded:
-        """Decode on a reserved worker, then release it. Raises WorkerCrashed/BatchRejected."""
+    async def run(self, worker: _Worker, audios: list[np.ndarray],
+                  model: str | None = None) -> Decoded:
+        """Decode on a reserved worker with `model` (None: the default), then release it.
+        Raises WorkerCrashed/BatchRejected (also for a model the workers did not load)."""
         batch_id = next(self._batch_ids)
+        model = model or self.default_model
         audio_s = sum(len(a) for a in audios) / 16_000
-        deadline = self.deadline(audio_s)
+        deadline = self.deadline(audio_s, model)
         loop = asyncio.get_running_loop()
 
         def exchange():
-            worker.conn.send(("batch", batch_id, audios))
+            worker.conn.send(("batch", batch_id, audios, model))
             return worker.conn.recv()
 
         try:
@@ -349,4 +366,7 @@ class WorkerPool:
         _, _, texts, busy = msg
         self._deaths[worker.index] = 0
         self._measured.append((audio_s, busy))
+        if model is not None:
+            self._measured_by_model.setdefault(model, deque(maxlen=SPEED_WINDOW)).append(
+                (audio_s, busy))
         return Decoded(texts, busy)

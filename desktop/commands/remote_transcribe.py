@@ -5,6 +5,8 @@ fast as the server takes them; finals become the transcript's segments. A server
 full, starting or draining (HTTP 503/429 with Retry-After) is waited for under `retry`
 (default `BATCH_RETRY`: at most 30 attempts and 5 minutes per file, each wait as the server
 asks, jittered, at most 30 s); a file it still refuses after that fails alone, saying so.
+`model` asks for one of the server's models (None: its default); a server that does not
+serve it fails the file with the served ids in the message.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ CERT_HINT = ("the server's certificate is not trusted: pair with it first (`ears
 
 async def stream_file(path: Path, url: str, token: str | None, realtime: bool,
                       fingerprint: str | None = None,
-                      retry: RetryPolicy | None = BATCH_RETRY) -> FileResult:
+                      retry: RetryPolicy | None = BATCH_RETRY,
+                      model: str | None = None) -> FileResult:
     result = FileResult(Path(path))
     try:
         duration = audio_duration(path)
-        client = StreamClient(url, token=token, partials=False, fingerprint=fingerprint)
+        client = StreamClient(url, token=token, partials=False, fingerprint=fingerprint,
+                              model=model)
         await client.connect(retry=retry)
         sent = 0
         started = time.monotonic()
@@ -60,13 +64,14 @@ async def stream_file(path: Path, url: str, token: str | None, realtime: bool,
 
 async def stream_files(paths: list[Path], url: str, token: str | None, realtime: bool,
                        concurrency: int = 4, fingerprint: str | None = None,
-                       retry: RetryPolicy | None = BATCH_RETRY) -> list[FileResult]:
+                       retry: RetryPolicy | None = BATCH_RETRY,
+                       model: str | None = None) -> list[FileResult]:
     """Every file's result, in order; `concurrency` streams at once (a refused file waits
     under `retry` while holding its place)."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(p: Path) -> FileResult:
         async with gate:
-            return await stream_file(p, url, token, realtime, fingerprint, retry)
+            return await stream_file(p, url, token, realtime, fingerprint, retry, model)
 
     return list(await asyncio.gather(*(one(p) for p in paths)))

@@ -13,7 +13,8 @@ from edge_server.formats import FORMATS, render
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="catalog model id (default: moonshine-tiny-en)")
+    p.add_argument("--model", help="catalog model id (default: moonshine-tiny-en); with "
+                   "--server, one the server serves (default: the server's default)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="inference device")
     p.add_argument("--threads", type=int, help="onnxruntime threads (default: cores, max 8)")
     p.add_argument("--batch-size", type=int, default=16, help="segments decoded together")
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
         target = resolve_server(args.server, args.token, args.fingerprint)
         results = asyncio.run(stream_files(args.files, target.url, target.token, args.realtime,
-                                           fingerprint=target.fingerprint))
+                                           fingerprint=target.fingerprint, model=args.model))
     else:
         engine = create_engine(args.model, device=args.device, threads=args.threads)
         transcriber = FileTranscriber(engine, batch_size=args.batch_size,

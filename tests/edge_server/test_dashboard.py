@@ -195,6 +195,7 @@ def test_dashboard_updates_live_while_streams_run(server, browser, tmp_path):
         assert page.locator(f'[data-tile="{tile}"]').is_visible(), tile
     assert stat(page, "status") == "ready"
     assert stat(page, "model") == "moonshine-tiny-en"
+    assert stat(page, "models").startswith("moonshine-tiny-en: ")
     assert stat(page, "gpu") == "no GPU" or "/" in stat(page, "gpu")
     finals_before = stat_number(page, "finals")
     page.evaluate("window.__sameDocument = true")

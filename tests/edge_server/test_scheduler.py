@@ -9,9 +9,10 @@ import os
 import signal
 
 import numpy as np
+import pytest
 
 from edge_server.scheduler import DecodeRequest, Scheduler
-from edge_server.workers import Decoded, WorkerConfig, WorkerPool
+from edge_server.workers import BatchRejected, Decoded, WorkerConfig, WorkerPool
 
 
 def req(session: str, seg: int, kind: str) -> DecodeRequest:
@@ -341,6 +342,7 @@ class StubPool:
     def __init__(self, speed: float) -> None:
         self._speed = speed
         self.batches: list[list[int]] = []
+        self.default_model = None
 
     async def acquire(self) -> object:
         return object()
@@ -348,10 +350,10 @@ class StubPool:
     async def release(self, worker: object) -> None:
         pass
 
-    def speed(self) -> float:
+    def speed(self, model: str | None = None) -> float:
         return self._speed
 
-    async def run(self, worker: object, audios: list) -> Decoded:
+    async def run(self, worker: object, audios: list, model: str | None = None) -> Decoded:
         self.batches.append([len(a) for a in audios])
         return Decoded(["speech"] * len(audios), 0.001)
 
@@ -376,3 +378,37 @@ def test_a_backlog_batch_is_cut_to_its_decode_time_budget_while_others_are_live(
     shared = asyncio.run(first_batch(True))
     assert [r.session_id for r in shared].count("talker") == 1
     assert sum(r.seconds for r in shared) == 10.0  # 4 (cap) + 1 partial + 5 to the budget
+
+
+def test_a_batch_holds_one_model_and_one_models_backlog_does_not_starve_the_other():
+    """Two models in the workers: batches never mix them, requests without a model take
+    their session's, and a flood on one model lets the other's final through at once."""
+    batches: list[list[DecodeRequest]] = []
+
+    async def body(sched, pool, results):
+        held = await pool.acquire()
+        sched.start()
+        sched.bind_model("live", "b")
+        for i in range(12):
+            sched.submit(DecodeRequest("flood", i, "final", np.ones(1600, np.float32),
+                                       model="a"))
+        sched.submit(req("live", 0, "final"))  # no model: its session's ("b")
+        sched.submit(req("other", 0, "partial"))  # no model, no binding: the default ("a")
+        await pool.release(held)
+        await asyncio.wait_for(sched.wait_idle(), 10)
+        assert all(len({r.model for r in b}) == 1 for b in batches)
+        models = {(r.session_id, r.kind): r.model for b in batches for r in b}
+        assert models[("live", "final")] == "b" and models[("other", "partial")] == "a"
+        live_batch = next(i for i, b in enumerate(batches) if b[0].session_id == "live")
+        assert live_batch <= 1, [[r.session_id for r in b] for b in batches]
+        assert len(batches) >= 4  # the flood took several batches of 4
+        assert dict(sched.stats.model_batches) == {"a": len(batches) - 1, "b": 1}
+        assert all(text == "speech" and err is None for _, text, err in results)
+
+        worker = await pool.acquire()
+        with pytest.raises(BatchRejected, match=r"'c' is not loaded .*loaded: a, b"):
+            await pool.run(worker, [np.ones(1600, np.float32)], "c")
+
+    asyncio.run(with_scheduler(body, config=WorkerConfig(noop=True, workers=1,
+                                                         model_ids=("a", "b")),
+                               max_batch=4, on_batch=lambda b, _: batches.append(list(b))))

@@ -23,12 +23,20 @@ FRAME_S = 0.1  # the client's frame: segment boundaries may move by at most this
 KILL_EVERY_S = 2.5
 
 
+def no_shedding_hold(tmp_path) -> str:
+    """Config: partials resume as soon as finals stop waiting (no degrade_hold_s): these
+    streams run faster than real time and must see partials right after a restart."""
+    path = tmp_path / "no-hold.toml"
+    path.write_text("degrade_recover_s = 0.8\ndegrade_hold_s = 0.0\n")
+    return str(path)
+
+
 def partials_after(events: list, t: float) -> list[dict]:
     return [e for when, e in events if e["type"] == "partial" and when > t]
 
 
-def test_killing_a_worker_mid_stream_loses_no_final_and_partials_come_back():
-    server = start_server("--workers", "1")
+def test_killing_a_worker_mid_stream_loses_no_final_and_partials_come_back(tmp_path):
+    server = start_server("--workers", "1", "--config", no_shedding_hold(tmp_path))
     try:
         audio = speech_with_pauses([DEV / r["path"] for r in ROWS], pause_s=0.8)
         killed: dict = {"pid": None, "back": None}
@@ -61,10 +69,10 @@ def test_killing_a_worker_mid_stream_loses_no_final_and_partials_come_back():
         assert server.stop() == 0
 
 
-def test_a_segment_that_kills_workers_twice_fails_alone_with_partials_on():
+def test_a_segment_that_kills_workers_twice_fails_alone_with_partials_on(tmp_path):
     """Fault injection: the worker exits abruptly on a full-scale sample. The poisoned
     segment's partials and final fail; every other segment, and later partials, come."""
-    server = start_server("--workers", "1",
+    server = start_server("--workers", "1", "--config", no_shedding_hold(tmp_path),
                           env={"EARSHOT_WORKER_FAULT": "crash-if-peak-above=0.999"})
     try:
         parts = [read_audio(DEV / r["path"]) for r in ROWS[:3]]

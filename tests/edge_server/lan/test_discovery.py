@@ -14,7 +14,8 @@ from tests.server_harness import start_server
 
 def test_advertised_on_loopback_found_within_2s_and_withdrawn_on_stop():
     server = start_server("--noop-engine", "--mdns-interfaces", "127.0.0.1", "--name", "office",
-                          "--token", "t0k", "--max-sessions", "7")
+                          "--token", "t0k", "--max-sessions", "7",
+                          "--model", "moonshine-tiny-en,moonshine-base-en")
     watch = MdnsWatch(SERVICE_TYPE)
     try:
         started = time.monotonic()
@@ -24,7 +25,8 @@ def test_advertised_on_loopback_found_within_2s_and_withdrawn_on_stop():
         info = watch.info(watch.names[0])
         props = {k.decode(): v.decode() for k, v in info.properties.items()}
         assert props["protocol"] == "1" and props["name"] == "office"
-        assert props["models"] == "noop" and props["device"] == "cpu"
+        assert props["models"] == "moonshine-tiny-en,moonshine-base-en"  # the default first
+        assert props["device"] == "cpu"
         assert props["token"] == "required" and props["capacity"] == "7"
         assert props["auth"] == "remote"
         assert len(props["id"]) == 16 and props["tls"] == "0" and props["fp"] == ""
@@ -32,8 +34,8 @@ def test_advertised_on_loopback_found_within_2s_and_withdrawn_on_stop():
         assert info.parsed_addresses() == ["127.0.0.1"]
 
         found = asyncio.run(browse(timeout=1.0, interfaces=["127.0.0.1"]))
-        assert [(s.name, s.url, s.token_required, s.capacity) for s in found] == [
-            ("office", server.url, True, 7)]
+        assert [(s.name, s.url, s.token_required, s.capacity, s.models) for s in found] == [
+            ("office", server.url, True, 7, ("moonshine-tiny-en", "moonshine-base-en"))]
 
         assert server.stop() == 0
         assert watch.removed.wait(5.0), "still advertised after shutdown"
