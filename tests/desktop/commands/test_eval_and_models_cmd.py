@@ -40,4 +40,5 @@ def test_unknown_model_is_one_line():
     out = earshot("transcribe", "--model", "nope", str(DEV / "sherpa-test-wavs/0.wav"))
     assert out.returncode == 1
     assert out.stderr.strip() == (
-        "earshot: error: unknown model 'nope' (known: moonshine-tiny-en, silero-vad)")
+        "earshot: error: unknown model 'nope' "
+        "(known: moonshine-base-en, moonshine-tiny-en, silero-vad)")
