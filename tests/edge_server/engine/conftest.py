@@ -19,7 +19,7 @@ def model_available(model_id: str) -> bool:
 @pytest.fixture(scope="session")
 def base_engine():
     if not model_available("moonshine-base-en"):
-        pytest.skip("moonshine-base-en is not installed (earshot models fetch moonshine-base-en)")
+        pytest.fail("moonshine-base-en is not installed (earshot models fetch moonshine-base-en)")
     from edge_server.engine import create_engine
 
     return create_engine("moonshine-base-en", device="cpu", threads=2)

@@ -136,7 +136,7 @@ def float_engine(model_form):
 
     model_id, form = model_form
     if not model_available(model_id):
-        pytest.skip(f"{model_id} not installed")
+        pytest.fail(f"{model_id} not installed (tests/inputs.py fetches it at start)")
     return create_engine(model_id, device="cpu", threads=2, form=form)
 
 
