@@ -33,13 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.models_env import default_dev_dir
 from edge_server.audio import read_audio
 from edge_server.engine import create_engine
 from edge_server.engine.costmodel import fit_step_cost
 from edge_server.evaluation import word_error_rate
 
 SETS = ("sherpa-test-wavs", "librispeech-test-clean-kw", "pocketsphinx-testdata")
-DEFAULT_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "speech" / "dev"
+DEFAULT_DEV = default_dev_dir()
 
 
 def load_sentences(dev: Path) -> tuple[list[np.ndarray], list[str]]:

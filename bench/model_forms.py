@@ -31,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.models_env import default_dev_dir
+
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("sherpa-test-wavs", "librispeech-test-clean-kw", "pocketsphinx-testdata")
-DEFAULT_DEV = REPO.parent / "shared" / "speech" / "dev"
+DEFAULT_DEV = default_dev_dir()
 MASK_STRIDE = 384
 BOS, EOS = 1, 2
 

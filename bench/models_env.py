@@ -15,3 +15,10 @@ def default_models_dir() -> str:
     shared = Path(os.environ.get("EARSHOT_SHARED", REPO.parent / "shared")) / "models"
     dirs = [REPO / ".cache" / "models"] + ([shared] if shared.is_dir() else [])
     return os.pathsep.join(str(d) for d in dirs)
+
+
+def default_dev_dir() -> Path:
+    """Dev speech with a transcripts.tsv: `../shared/speech/dev` when it is beside the repo,
+    else the sentences committed under tests/data/speech (same layout, same bytes)."""
+    shared = Path(os.environ.get("EARSHOT_SHARED", REPO.parent / "shared")) / "speech" / "dev"
+    return shared if (shared / "transcripts.tsv").is_file() else REPO / "tests" / "data" / "speech"

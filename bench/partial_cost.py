@@ -52,14 +52,14 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from bench.models_env import default_models_dir
+from bench.models_env import default_dev_dir, default_models_dir
 from desktop.stream_client import StreamClient
 from edge_server.audio import read_audio
 from edge_server.evaluation import word_error_rate
 
 FRAME = 1600  # 100 ms at 16 kHz
 SENTENCE_SETS = ("librispeech-test-clean-kw", "pocketsphinx-testdata", "sherpa-test-wavs")
-DEFAULT_DEV = Path(__file__).resolve().parents[2] / "shared" / "speech" / "dev"
+DEFAULT_DEV = default_dev_dir()
 
 
 def build_audio(dev: Path, seconds: float, seed: int = 0) -> tuple[np.ndarray, float]:

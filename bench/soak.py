@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from bench.models_env import default_models_dir
+from bench.models_env import default_dev_dir, default_models_dir
 from desktop.stream_client import StreamClient
 from edge_server.audio import read_audio
 
@@ -240,7 +240,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-segment-s", type=float, default=20.0)
     ap.add_argument("--server-config", type=Path, help="TOML settings for the server")
-    ap.add_argument("--dev", type=Path, default=SHARED / "speech" / "dev",
+    ap.add_argument("--dev", type=Path, default=default_dev_dir(),
                     help="dev speech folder with transcripts.tsv")
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()

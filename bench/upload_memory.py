@@ -35,13 +35,13 @@ import numpy as np
 import openai
 import psutil
 
-from bench.models_env import default_models_dir
+from bench.models_env import default_dev_dir, default_models_dir
 from edge_server.audio import read_audio
 from edge_server.evaluation import word_error_rate
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EARSHOT_SHARED", REPO.parent / "shared"))
-DEV = SHARED / "speech" / "dev"
+DEV = default_dev_dir()
 SETS = ("sherpa-test-wavs", "librispeech-test-clean-kw", "pocketsphinx-testdata")
 MB = 1 << 20
 
