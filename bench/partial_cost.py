@@ -46,13 +46,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import psutil
 
 from bench.models_env import default_dev_dir, default_models_dir
+from bench.server_health import read_health
 from desktop.stream_client import StreamClient
 from edge_server.audio import read_audio
 from edge_server.evaluation import word_error_rate
@@ -114,13 +114,7 @@ class Server:
         self.root = psutil.Process(self.proc.pid)
 
     def _health(self) -> dict:
-        try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=5) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            return json.loads(err.read())
-        except OSError:
-            return {}
+        return read_health(self.url)
 
     def cpu_seconds(self) -> dict[int, float]:
         out = {}

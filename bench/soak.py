@@ -36,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +43,7 @@ import numpy as np
 import psutil
 
 from bench.models_env import default_dev_dir, default_models_dir
+from bench.server_health import read_health
 from desktop.stream_client import StreamClient
 from edge_server.audio import read_audio
 
@@ -130,13 +130,7 @@ class Server:
             time.sleep(0.2)
 
     def health(self) -> dict:
-        try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=5) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            return json.loads(err.read())
-        except OSError:
-            return {}
+        return read_health(self.url)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
