@@ -37,7 +37,8 @@ def on_change(zeroconf, service_type, name, state_change):
         seen.setdefault(name, time.monotonic() - started)
 started = time.monotonic()
 browser = ServiceBrowser(zc, "_earshot._tcp.local.", handlers=[on_change])
-while not seen and time.monotonic() - started < float(sys.argv[1]):
+expect = int(sys.argv[2])  # stop early only once this many records are in
+while len(seen) < expect and time.monotonic() - started < float(sys.argv[1]):
     time.sleep(0.01)
 out = []
 for name, after in seen.items():
@@ -113,8 +114,9 @@ def earshot(host, env, *args, timeout=180):
     return host.run(str(BIN / "earshot"), *args, env=env, timeout=timeout)
 
 
-def browse_from(host, seconds=3.0) -> list[dict]:
-    out = host.python("-c", BROWSE, str(seconds))
+def browse_from(host, seconds=3.0, expect=1) -> list[dict]:
+    """Browse from `host` until `expect` records are seen or `seconds` pass."""
+    out = host.python("-c", BROWSE, str(seconds), str(expect))
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -206,7 +208,7 @@ def test_an_impostor_copying_the_paired_id_is_refused_and_never_gets_the_token(
     fp = "own" if advertised == "own" else identity["fingerprint"]
     proc, log = spoof(network, spoof_host, tmp_path, identity["server_id"], fp, paired)
     try:
-        found = browse_from(laptop)
+        found = browse_from(laptop, expect=2)
         assert len(found) == 2, found  # the impostor is on the LAN, and ranks first (GPU, 999)
         listed = earshot(laptop, laptop_env, "servers")
         out = transcribe_auto(laptop, laptop_env)
