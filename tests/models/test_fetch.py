@@ -5,6 +5,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import threading
 import zipfile
 
 import pytest
@@ -128,3 +129,91 @@ def test_default_model_fetches_from_its_platform_pinned_wheel(tmp_path):
     assert out.returncode == 0, out.stderr + out.stdout
     spec = load_catalog().get("moonshine-tiny-en")
     assert check_files(spec, tmp_path / "moonshine-tiny-en") == []
+
+
+# ---- through a package index, without pip (models.download), as the packaged app does ------
+def index_with(tmp_path, monkeypatch, spec, tamper: str | None = None):
+    """A started PackageIndex serving `spec`'s wheel (real model files), set as the index."""
+    from tests.package_index import PackageIndex, build_wheel
+
+    wheel = build_wheel(tmp_path / "wheels", spec)
+    if tamper:
+        wheel = make_wheel(wheel, spec, tamper=tamper)  # same name, one member altered
+    index = PackageIndex().__enter__()
+    index.add(wheel)
+    monkeypatch.setenv("EARSHOT_PACKAGE_INDEX", index.url)
+    return index
+
+
+@pytest.fixture
+def silero_index(tmp_path, monkeypatch):
+    index = index_with(tmp_path, monkeypatch, load_catalog().get("silero-vad"))
+    yield index
+    index.__exit__(None, None, None)
+
+
+def test_fetch_through_the_index_in_a_frozen_app(tmp_path, monkeypatch, silero_index):
+    monkeypatch.setattr(sys, "frozen", True, raising=False)  # no pip there: not needed
+    stages, seen, messages = [], [], []
+    folder = fetch_model("silero-vad", models_dir=tmp_path / "models", progress=messages.append,
+                         on_stage=stages.append, on_bytes=lambda d, t: seen.append((d, t)))
+    assert check_files(load_catalog().get("silero-vad"), folder) == []
+    assert stages == ["download", "extract"]
+    assert seen[-1][0] == seen[-1][1] > 2_000_000
+    assert messages[0].startswith("downloading silero_vad-6.2.3-py3-none-any.whl (")
+    assert "  silero_vad.onnx: 2.3 MB, sha256 ok" in messages
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["silero-vad"]
+
+
+def test_cancelled_fetch_resumes_from_its_part_file(tmp_path, silero_index):
+    from models.download import DownloadCancelled
+
+    cancel = threading.Event()
+
+    def on_bytes(done, _total):
+        if done >= 300_000:
+            cancel.set()
+
+    models = tmp_path / "models"
+    with pytest.raises(DownloadCancelled):
+        fetch_model("silero-vad", models_dir=models, progress=print, on_bytes=on_bytes,
+                    cancel=cancel)
+    parts = list((models / ".downloads").glob("*.whl.part"))
+    assert len(parts) == 1
+    kept = parts[0].stat().st_size
+    assert kept >= 300_000
+    assert not (models / "silero-vad" / "silero_vad.onnx").exists()
+    fetch_model("silero-vad", models_dir=models, progress=print, cancel=threading.Event())
+    ranges = [r for p, r in silero_index.requests if p.startswith("/files/")]
+    assert ranges == [None, f"bytes={kept}-"]
+    assert check_files(load_catalog().get("silero-vad"), models / "silero-vad") == []
+    assert not (models / ".downloads").exists()
+
+
+def test_offline_fetch_says_so_and_where_files_can_be_copied(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("EARSHOT_PACKAGE_INDEX", f"http://127.0.0.1:{port}/simple")
+    target = tmp_path / "models" / "silero-vad"
+    with pytest.raises(FetchError) as info:
+        fetch_model("silero-vad", models_dir=tmp_path / "models", progress=print)
+    assert str(info.value) == (f"Could not reach 127.0.0.1:{port} (no internet connection?). "
+                               f"The model's files can also be copied into {target} by hand "
+                               "(see docs/models.md).")
+    assert info.value.offline
+
+
+def test_wheel_from_the_index_unlike_the_catalog_is_refused(tmp_path, monkeypatch):
+    spec = load_catalog().get("silero-vad")
+    index = index_with(tmp_path, monkeypatch, spec, tamper="silero_vad.onnx")
+    try:
+        with pytest.raises(FetchError, match=r"silero_vad\.onnx in .* does not match the "
+                           "catalog"):
+            fetch_model(spec.id, models_dir=tmp_path / "models", progress=print)
+    finally:
+        index.__exit__(None, None, None)
+    assert not (tmp_path / "models" / spec.id / "silero_vad.onnx").exists()
+    assert not (tmp_path / "models" / ".downloads").exists()  # the bad wheel is not kept
