@@ -41,7 +41,16 @@ SYSTEM_LIBS = {
             "libxcb-keysyms.so.1": "libxcb-keysyms1"},
     "test": {"libportaudio.so.2": "libportaudio2", "libEGL.so.1": "libegl1",
              "libxkbcommon.so.0": "libxkbcommon0", "libfontconfig.so.1": "libfontconfig1",
-             "libdbus-1.so.3": "libdbus-1-3", "libGL.so.1": "libgl1"},
+             "libdbus-1.so.3": "libdbus-1-3", "libGL.so.1": "libgl1",
+             # Qt's xcb platform plugin under Xvfb (the insertion and hotkey tests)
+             "libxcb-cursor.so.0": "libxcb-cursor0", "libxcb-icccm.so.4": "libxcb-icccm4",
+             "libxcb-keysyms.so.1": "libxcb-keysyms1", "libxcb-shape.so.0": "libxcb-shape0",
+             "libxcb-render-util.so.0": "libxcb-render-util0",
+             "libxcb-image.so.0": "libxcb-image0", "libxcb-randr.so.0": "libxcb-randr0",
+             "libxcb-xkb.so.1": "libxcb-xkb1", "libxkbcommon-x11.so.0": "libxkbcommon-x11-0",
+             "libxcb-util.so.1": "libxcb-util1", "libxcb-render.so.0": "libxcb-render0",
+             "libxcb-shm.so.0": "libxcb-shm0", "libxcb-sync.so.1": "libxcb-sync1",
+             "libxcb-xfixes.so.0": "libxcb-xfixes0", "libX11-xcb.so.1": "libx11-xcb1"},
 }
 SYSTEM_LIBS["package"] = SYSTEM_LIBS["app"]
 
@@ -52,7 +61,9 @@ SYSTEM_LIBS["package"] = SYSTEM_LIBS["app"]
 SYSTEM_PROGRAMS = {"app": {},
                    "test": {"chromium": "chromium", "ip": "iproute2",
                             "systemd-analyze": "systemd", "objdump": "binutils",
-                            "desktop-file-validate": "desktop-file-utils"},
+                            "desktop-file-validate": "desktop-file-utils",
+                            # a real X server for the text-insertion / hotkey tests
+                            "Xvfb": "xvfb", "xdotool": "xdotool"},
                    "package": {"objdump": "binutils"}}
 # test includes `package`: the bundle smoke test (tests/packaging) builds the bundle
 EXTRAS = {"app": "cpu,desktop", "test": "cpu,desktop,test,package",
