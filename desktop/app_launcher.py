@@ -1,12 +1,20 @@
 """`earshot` with no subcommand: the desktop window, or a scripted end-to-end run of it.
 
-    earshot [--server URL|local] [--token T]
+    earshot [--server URL|local] [--token T] [--insert off|type|paste] [--hotkey COMBO]
+            [--hotkey-mode toggle|hold] [--minimized|--hidden]
     earshot --audio-file FILE [--fast] --quit-when-done [--transcript-out PATH]
-            [--screenshot PNG] [--server URL|local] [--recover]
+            [--screenshot PNG] [--server URL|local] [--recover] [--start-on-hotkey]
+    earshot --toggle | --start | --stop | --show     (to the running app)
 
 Without a display, without PySide6, or without a model it says so in one line (console) or
 in the window, instead of crashing. `--audio-file` feeds the file through the same capture
 interface as a microphone (real-time pace; `--fast`: as fast as the server takes it).
+
+One app per user: `--toggle/--start/--stop/--show` are sent to the running app
+(desktop/remote_control.py) before any window is built: its reply is printed, exit 0;
+exit 1 with "earshot: error: Earshot is not running" when none runs. A second plain
+`earshot` brings the running window forward and exits 0. Scripted runs (`--audio-file`,
+`--recover`, `--quit-when-done`) always run on their own.
 """
 
 from __future__ import annotations
@@ -36,8 +44,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", type=Path, help="save a PNG of the window when done")
     p.add_argument("--recover", action="store_true",
                    help="transcribe unfinished (crashed) dictations without asking")
+    p.add_argument("--insert", choices=("off", "type", "paste"),
+                   help="put each final where the cursor is, in the focused app: typed or "
+                   "pasted (default: the preference, off unless set)")
+    p.add_argument("--hotkey", metavar="COMBO",
+                   help="global hotkey for this run, e.g. '<ctrl>+<alt>+d' or Ctrl+Alt+D")
+    p.add_argument("--hotkey-mode", choices=("toggle", "hold"),
+                   help="toggle: press to start and to stop; hold: push-to-talk")
+    p.add_argument("--start-on-hotkey", action="store_true",
+                   help="with --audio-file: start that dictation when the global hotkey (or "
+                   "`earshot --toggle`) is pressed, instead of at once")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--minimized", action="store_true",
+                       help="start with only the tray icon (the window when there is no tray)")
+    shown.add_argument("--hidden", action="store_true",
+                       help="never show the window unless asked (tray, `earshot --show`)")
+    remote = p.add_mutually_exclusive_group()
+    for command in ("toggle", "start", "stop", "show"):
+        remote.add_argument(f"--{command}", dest="remote", action="store_const",
+                            const=command, help=f"{command} dictation in the running app"
+                            if command != "show" else "bring the running app's window forward")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def _remote(command: str) -> int:
+    """Send `command` to the running app: its reply on stdout, exit 0; exit 1 when no app
+    runs or it answers with an error."""
+    try:
+        from desktop.remote_control import NotRunning, send_command
+    except ImportError:
+        print("earshot: error: the desktop app needs PySide6: pip install 'earshot[desktop]'",
+              file=sys.stderr)
+        return 1
+    try:
+        reply = send_command(command)
+    except (NotRunning, TimeoutError) as exc:
+        print(f"earshot: error: {exc}", file=sys.stderr)
+        return 1
+    if reply.startswith("error:"):
+        print(f"earshot: {reply}", file=sys.stderr)
+        return 1
+    print(reply)
+    return 0
+
+
+def _already_running() -> bool:
+    """A plain launch while this user's app runs: bring its window forward instead."""
+    from desktop.remote_control import NotRunning, send_command
+
+    try:
+        reply = send_command("show", timeout_s=2.0)
+    except (NotRunning, TimeoutError):
+        return False
+    print(f"earshot: already running ({reply})")
+    return True
 
 
 def _display_problem() -> str | None:
@@ -51,7 +112,12 @@ def _display_problem() -> str | None:
 
 
 def launch(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.remote:
+        return _remote(args.remote)
+    if args.start_on_hotkey and args.audio_file is None:
+        parser.error("--start-on-hotkey needs --audio-file")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     problem = _display_problem()
@@ -69,9 +135,23 @@ def launch(argv: list[str]) -> int:
         print("earshot: error: the desktop app needs PySide6: pip install 'earshot[desktop]'",
               file=sys.stderr)
         return 1
+    from desktop.hotkey import parse_combination
+
+    if args.hotkey is not None:
+        try:
+            args.hotkey = parse_combination(args.hotkey)
+        except ValueError as exc:
+            parser.error(f"--hotkey: {exc}")
+    scripted = args.audio_file is not None or args.recover or args.quit_when_done
+    if not scripted and _already_running():
+        return 0
     from desktop.run import DesktopRun
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Earshot")
+    if not args.quit_when_done:  # a missing model: offer to download it (never when scripted)
+        from desktop.first_run import ensure_default_model
+
+        ensure_default_model(None, args.model)
     run = DesktopRun(app, args, Path(tempfile.mkdtemp(prefix="earshot-")))
     return run.exec()

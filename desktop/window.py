@@ -2,6 +2,13 @@
 
 GUI thread only. All work happens in `DictationController`; this module wires widgets to
 it and remembers the user's choices (QSettings).
+
+`toggle_recording()` / `start_recording()` / `stop_recording()` are the one entry point
+shared by the Record button, the in-window shortcut, the global hotkey, the tray menu and
+`earshot --toggle`. A start uses the source set by `set_pending_source()` once (a
+scripted file waiting for the hotkey), else the chosen microphone. `dictation_started`
+is emitted for every accepted start (the text inserter begins a new dictation there).
+The Earshot menu's Preferences… emits `preferences_requested` (the run opens the dialog).
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ def lost_audio_text(milliseconds: float) -> str:
 
 class MainWindow(QMainWindow):
     _pairing_done = Signal(object, str, str)  # Future, url, server name (from the loop thread)
+    dictation_started = Signal()  # an accepted start, from any entry point
+    preferences_requested = Signal()
 
     def __init__(self, controller: DictationController, settings: QSettings | None = None) -> None:
         super().__init__()
@@ -52,6 +61,12 @@ class MainWindow(QMainWindow):
         self.settings = settings or QSettings("Earshot", "Earshot")
         self.setWindowTitle(f"Earshot {version()}")
         self.resize(980, 620)
+        self._pending: tuple[AudioSource, str | None] | None = None
+        self.hide_on_close = False  # a tray icon keeps the app: closing hides the window
+        menu = self.menuBar().addMenu("&Earshot")
+        self.preferences_action = menu.addAction("Preferences…")
+        self.preferences_action.setShortcut(QKeySequence(QKeySequence.StandardKey.Preferences))
+        self.preferences_action.triggered.connect(self.preferences_requested)
 
         self.record_button = QPushButton("● Record")
         self.record_button.setToolTip(f"Start or stop dictation ({RECORD_SHORTCUT})")
@@ -338,18 +353,47 @@ class MainWindow(QMainWindow):
         self.show_message(f"Paired with {verified.name}.")
 
     # ---- recording ---------------------------------------------------------------------------
+    def set_pending_source(self, source: AudioSource | None, title: str | None = None) -> None:
+        """The next start (from any entry point) dictates from `source` instead of the
+        microphone, once. None clears it."""
+        self._pending = (source, title) if source is not None else None
+
+    @property
+    def has_pending_source(self) -> bool:
+        return self._pending is not None
+
     @Slot()
     def toggle_recording(self) -> None:
         if self.controller.is_recording:
-            self.controller.stop()
-            return
+            self.stop_recording()
+        else:
+            self.start_recording()
+
+    def start_recording(self) -> bool:
+        """Start dictating from the pending source or the chosen microphone. False (and
+        the reason in the message line) when it cannot start, or is already running."""
+        if self.controller.is_recording:
+            return False
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            started = self.start_dictation(*pending)
+            if not started:
+                self._pending = pending
+            return started
         device = self.mic_picker.currentData()
         if device is None:
             self.show_message("No microphone is available. Connect one, or run "
                               "`earshot --audio-file FILE` to dictate from a file.")
-            return
+            return False
         self.settings.setValue("audio/device_name", self.mic_picker.currentText())
-        self.start_dictation(MicrophoneSource(device))
+        return self.start_dictation(MicrophoneSource(device))
+
+    def stop_recording(self) -> bool:
+        """Stop the running dictation (its results keep arriving); False when none runs."""
+        if not self.controller.is_recording:
+            return False
+        self.controller.stop()
+        return True
 
     def start_dictation(self, source: AudioSource, title: str | None = None) -> bool:
         """Start a dictation; returns at once. True: capturing, and `recording(True)` (or
@@ -359,6 +403,8 @@ class MainWindow(QMainWindow):
         started = self.controller.start(source, title)
         if started and self.controller.is_recording:
             self.record_button.setText("■ Stop")  # capturing already; Stop works meanwhile
+        if started:
+            self.dictation_started.emit()
         return started
 
     # ---- controller signals ------------------------------------------------------------------
@@ -424,6 +470,13 @@ class MainWindow(QMainWindow):
         self.notice.setVisible(bool(text))
 
     def closeEvent(self, event) -> None:
+        """With a tray icon (`hide_on_close`) closing only hides the window: dictation
+        goes on and the tray's Quit ends the app. Otherwise a running dictation is
+        stopped after asking."""
+        if self.hide_on_close:
+            event.ignore()
+            self.hide()
+            return
         if self.controller.is_recording:
             answer = QMessageBox.question(self, "Earshot",
                                           "A dictation is running. Stop it and quit?")
