@@ -6,7 +6,8 @@ system libraries the chosen command needs (Debian/Ubuntu: apt-get, when run as r
 with password-less sudo; otherwise it prints the command to run), and then:
   app      fetches the default models (user data folder) and starts the desktop app on its
            embedded local server;
-  test     runs ruff and the whole pytest suite (extra arguments go to pytest); the test
+  test     runs ruff and the whole pytest suite on 2-4 processes (pytest-xdist); extra
+           arguments go to pytest, which then runs as they say; the test
            session itself fetches what it needs into .cache/ when ../shared is not beside
            the repo (tests/inputs.py), and nothing when it is;
   package  builds the laptop bundle with PyInstaller (packaging/earshot.spec):
@@ -23,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -65,6 +67,12 @@ SYSTEM_PROGRAMS = {"app": {},
                             # a real X server for the text-insertion / hotkey tests
                             "Xvfb": "xvfb", "xdotool": "xdotool"},
                    "package": {"objdump": "binutils"}}
+# pynput (global hotkey, typing at the cursor) needs evdev on Linux, which PyPI has only as
+# source: building it needs a C compiler, the kernel's input headers and Python's headers
+BUILD_TOOLS = {"gcc": "gcc"}
+BUILD_HEADERS = {"/usr/include/linux/input.h": "linux-libc-dev"}
+for _programs in SYSTEM_PROGRAMS.values():
+    _programs.update(BUILD_TOOLS)
 # test includes `package`: the bundle smoke test (tests/packaging) builds the bundle
 EXTRAS = {"app": "cpu,desktop", "test": "cpu,desktop,test,package",
           "package": "cpu,desktop,test,package"}
@@ -88,6 +96,10 @@ def missing_libraries(command: str) -> list[str]:
     known = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
     missing = {pkg for lib, pkg in SYSTEM_LIBS[command].items() if lib not in known}
     missing |= {pkg for prog, pkg in SYSTEM_PROGRAMS[command].items() if not shutil.which(prog)}
+    missing |= {pkg for path, pkg in BUILD_HEADERS.items() if not Path(path).exists()}
+    python_h = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not python_h.exists():  # a distribution's Python: its -dev package has the headers
+        missing.add(f"python{sys.version_info.major}.{sys.version_info.minor}-dev")
     return sorted(missing)
 
 
@@ -229,7 +241,18 @@ def main(argv: list[str]) -> int:
     if lint.returncode:
         return lint.returncode
     say("pytest")
-    return subprocess.run([str(py), "-m", "pytest", *rest], env=env, cwd=ROOT).returncode
+    return subprocess.run([str(py), "-m", "pytest", *pytest_workers(rest), *rest], env=env,
+                          cwd=ROOT).returncode
+
+
+def pytest_workers(rest: list[str]) -> list[str]:
+    """pytest-xdist options for a whole-suite run: one process per core, 2 to 4 (most tests
+    wait on servers and subprocesses, so two processes halve the time on 2 cores); tests
+    that browse mDNS on loopback share one process (their `xdist_group`, tests/conftest.py).
+    None when the caller chose tests or workers (`-n`, `-p no:xdist`)."""
+    if rest:
+        return []
+    return ["-n", str(max(2, min(4, os.cpu_count() or 2))), "--dist", "loadgroup"]
 
 
 if __name__ == "__main__":

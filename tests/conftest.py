@@ -30,13 +30,21 @@ os.environ.setdefault("EARSHOT_MODELS_DIR",
                       os.pathsep.join(str(d) for d in inputs.default_models_dirs()))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("EARSHOT_MDNS_INTERFACES", "127.0.0.1")  # never browse the real LAN
-# servers started by tests keep their token file out of the user's config dir
-os.environ.setdefault("EARSHOT_SERVER_TOKEN_FILE",
-                      str(Path(tempfile.mkdtemp(prefix="earshot-token-")) / "server-token"))
-# ... and their identity (server id, TLS certificate) out of the user's data dir
-os.environ.setdefault("EARSHOT_SERVER_STATE_DIR", tempfile.mkdtemp(prefix="earshot-state-"))
-# the app's paired servers and fallback token file stay out of the user's config dir
-os.environ.setdefault("EARSHOT_CONFIG_DIR", tempfile.mkdtemp(prefix="earshot-config-"))
+# Per test process (each pytest-xdist worker gets its own; a worker inherits the controller's
+# environment, so values another test process set are replaced): servers started by tests
+# keep their token file out of the user's config dir and their identity (server id, TLS
+# certificate) out of the user's data dir; the app's paired servers, fallback token file
+# and single-instance socket stay out of the user's config dir.
+_OWNER = "EARSHOT_TESTS_TEMP_OWNER"
+_inherited = os.environ.get(_OWNER) not in (None, str(os.getpid()))
+for _var, _make in (
+        ("EARSHOT_SERVER_TOKEN_FILE",
+         lambda: str(Path(tempfile.mkdtemp(prefix="earshot-token-")) / "server-token")),
+        ("EARSHOT_SERVER_STATE_DIR", lambda: tempfile.mkdtemp(prefix="earshot-state-")),
+        ("EARSHOT_CONFIG_DIR", lambda: tempfile.mkdtemp(prefix="earshot-config-"))):
+    if _inherited or _var not in os.environ:
+        os.environ[_var] = _make()
+os.environ[_OWNER] = str(os.getpid())
 # ... and never in a developer's real keyring: no keyring, so the 0600 file (tests that
 # are about keyrings pick a backend themselves)
 os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
@@ -45,6 +53,9 @@ os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
 def pytest_configure(config: pytest.Config) -> None:
     """Fetch the models and long-form speech the tests need and nothing finds (none with
     ../shared beside the repo); offline, say so and stop."""
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller fetched
+        return
+
     def progress(msg: str) -> None:
         print(f"[tests] {msg}", flush=True)
 
@@ -56,6 +67,34 @@ def pytest_configure(config: pytest.Config) -> None:
             f"test inputs missing and not fetchable ({exc}). Put ../shared beside the repo, "
             f"or set EARSHOT_MODELS_DIR to a folder holding the models, or get online once "
             f"(files are kept in {inputs.CACHE})") from None
+
+
+# Run in one pytest-xdist process (`--dist loadgroup`, as dev.py test does): tests whose
+# servers advertise on loopback mDNS, and tests whose app looks for servers there ("auto"),
+# which would otherwise find another process's test server on "this machine" and use it.
+LOOPBACK_MDNS_FILES = frozenset({
+    "tests/desktop/test_app_window.py", "tests/desktop/test_app_scripted.py",
+    "tests/desktop/test_dictate_anywhere.py", "tests/desktop/test_hotkey.py",
+    "tests/desktop/test_wayland_shortcuts.py", "tests/edge_server/test_doctor.py",
+    "tests/edge_server/test_wyoming.py", "tests/edge_server/lan/test_discovery.py",
+    "tests/packaging/test_bundle.py",
+})
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadgroup`: every test on its own, except LOOPBACK_MDNS_FILES, which go to
+    one process together. (pytest-xdist's own loadgroup reads `xdist_group` marks through
+    `item._nodeid`, which pytest 9 no longer uses, so it groups nothing.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LoopbackMdnsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "loopback-mdns" if path in LOOPBACK_MDNS_FILES else nodeid
+
+    return LoopbackMdnsTogether(config, log)
 
 
 def dev_rows(sets: tuple[str, ...] | None = None) -> list[dict]:
