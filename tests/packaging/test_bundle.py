@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from edge_server.evaluation import word_error_rate
+from edge_server.evaluation import normalize, word_error_rate
+from tests import xdisplay
 from tests.conftest import DEV, REPO, dev_rows
+from tests.text_field_app import TextField
 
 pytestmark = pytest.mark.timeout(1500)
 BUDGET_BYTES = 350 * 1000 * 1000  # docs/packaging.md
@@ -65,6 +68,32 @@ def test_bundle_transcribes_a_file_headless_with_a_clean_environment(installed, 
     # the models came from the bundle: nothing was fetched into the fresh user folders
     assert not (tmp_path / "home" / ".local/share/earshot/models").exists()
     assert bundle_processes(installed) == []  # the workers ended with the app
+
+
+xserver = xdisplay.xserver
+
+
+def test_bundle_types_a_dictation_into_the_focused_app_on_x11(installed, xserver, tmp_path):
+    """The bundle's own pynput backend (picked by name at run time, so the spec must carry
+    it) types the finals into another application's focused text field."""
+    field = TextField(xserver, tmp_path / "field.txt", "Bundle - field")
+    try:
+        env = dict(clean_env(tmp_path / "home"), DISPLAY=xserver.display)
+        env.pop("QT_QPA_PLATFORM")
+        run = subprocess.run(
+            [str(installed / "earshot"), "--audio-file", str(DEV / ROW["path"]), "--fast",
+             "--quit-when-done", "--insert", "type"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+        assert run.returncode == 0, run.stderr[-3000:]
+        typed, deadline = field.text(), time.monotonic() + 10
+        while time.monotonic() < deadline:  # the field writes what it got as it gets it
+            time.sleep(0.5)
+            if typed and field.text() == typed:
+                break
+            typed = field.text()
+    finally:
+        field.close()
+    assert word_error_rate([ROW["transcript"]], [normalize(typed)]).wer <= 0.1, typed
 
 
 def test_bundle_says_its_version_and_refuses_foreign_modules(installed, tmp_path):
