@@ -33,7 +33,33 @@ import time
 from datetime import datetime
 
 from bench.models_env import default_models_dir
-from bench.streams import FRAME, StreamClient, build_scripts, drive, start_server, summarize
+from desktop.stream_client import StreamClient
+from loadtest.client import FRAME
+from loadtest.level import drive as drive_streams
+from loadtest.level import level_row
+from loadtest.local_server import LocalServer
+from loadtest.speech import build_scripts as speech_scripts
+from loadtest.speech import load_clips
+from loadtest.target import Target
+
+
+def build_scripts(count: int, seconds: float, seed: int = 0):
+    """Dev sentences joined by pauses, a different order per stream (loadtest.speech)."""
+    return speech_scripts(load_clips(), count, seconds, seed)
+
+
+def start_server(*args: str) -> LocalServer:
+    return LocalServer(list(args)).start()
+
+
+def drive(url: str, scripts, realtime: bool, partials: bool, stagger_s: float):
+    """The streams at real time (loadtest.client: frames sent when their audio is
+    complete); returns (scripts, outcomes, wall seconds) for `row_of`."""
+    assert realtime
+    started = time.monotonic()
+    outcomes = asyncio.run(drive_streams(Target(url), scripts, partials=partials,
+                                         stagger_s=stagger_s))
+    return scripts, outcomes, time.monotonic() - started
 
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*worker (\d+) (died|ready)")
 
@@ -54,13 +80,11 @@ def restart_seconds(log: list[str]) -> list[float]:
     return out
 
 
-def decode_failures(results) -> int:
-    return sum(1 for r in results for f in r.finals if f.error)
-
-
 def row_of(name: str, results, server, extra: dict | None = None) -> dict:
-    row = {"run": name} | summarize(len(results), results)
-    row["decode_failed"] = decode_failures(results)
+    """A loadtest level row (loadtest/level.py: lost, duplicated, decode_failed, WER,
+    p50/p95 final latency from the endpoint's due time, ...) for one run."""
+    scripts, outcomes, wall = results
+    row = {"run": name} | level_row(scripts, outcomes, wall, {}, 0.6)
     row["counters"] = server.health()["counters"]
     return row | (extra or {})
 
@@ -75,11 +99,10 @@ def cmd_kills(args: argparse.Namespace) -> list[dict]:
     rows = []
     try:
         scripts = build_scripts(args.streams, args.seconds)
-        calm = asyncio.run(drive(server.url, scripts, True, True, args.stagger))
+        calm = drive(server.url, scripts, True, True, args.stagger)
         rows.append(row_of("undisturbed", calm, server))
         kills: list[float] = []
         stop = threading.Event()
-        log_from = len(server.log)
 
         def killer():
             turn = 0
@@ -93,11 +116,11 @@ def cmd_kills(args: argparse.Namespace) -> list[dict]:
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
         try:
-            hit = asyncio.run(drive(server.url, scripts, True, True, args.stagger))
+            hit = drive(server.url, scripts, True, True, args.stagger)
         finally:
             stop.set()
             thread.join(10)
-        back = restart_seconds(server.log[log_from:])
+        back = restart_seconds(list(server.log))  # the calm run killed nothing
         rows.append(row_of("killed", hit, server, {
             "kills": len(kills), "restarts": server.health()["worker_restarts"],
             "restart_median_s": sorted(back)[len(back) // 2] if back else None,
@@ -114,7 +137,7 @@ def cmd_flood(args: argparse.Namespace) -> list[dict]:
     rows = []
     try:
         scripts = build_scripts(args.streams, args.seconds)
-        alone = asyncio.run(drive(server.url, scripts, True, True, args.stagger))
+        alone = drive(server.url, scripts, True, True, args.stagger)
         rows.append(row_of("alone", alone, server))
         # the flooder runs in its own process, so it does not slow this process's clients
         flood = subprocess.Popen(
@@ -123,7 +146,7 @@ def cmd_flood(args: argparse.Namespace) -> list[dict]:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             time.sleep(3.0)  # its backlog builds up first
-            live = asyncio.run(drive(server.url, scripts, True, True, args.stagger))
+            live = drive(server.url, scripts, True, True, args.stagger)
             flooding = flood.poll() is None  # still going when the live streams ended
         finally:
             flood.kill()

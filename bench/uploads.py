@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,10 +22,11 @@ import numpy as np
 import openai
 
 from bench.engine_throughput import sherpa_decoder
+from bench.models_env import default_dev_dir, default_models_dir
 from edge_server.audio import read_audio
-from edge_server.evaluation import word_error_rate
-from tests.conftest import DEV, SENTENCE_SETS, dev_rows
-from tests.server_harness import start_server
+from edge_server.evaluation import read_references, word_error_rate
+from loadtest.local_server import LocalServer
+from loadtest.speech import SENTENCE_SETS
 
 
 def sherpa_reference(clips: list[np.ndarray], threads: int) -> float:
@@ -63,18 +65,20 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    rows = dev_rows(SENTENCE_SETS) * args.repeat
-    paths = [DEV / r["path"] for r in rows]
+    os.environ.setdefault("EARSHOT_MODELS_DIR", default_models_dir())
+    rows = [r for r in read_references(default_dev_dir() / "transcripts.tsv")
+            if r.set in SENTENCE_SETS] * args.repeat
+    paths = [r.path for r in rows]
     clips = [read_audio(path) for path in paths]
     audio_s = sum(len(c) for c in clips) / 16_000
     threads = args.workers * args.threads
     sherpa_wall = sherpa_reference(clips, threads)
-    server = start_server("--workers", str(args.workers), "--threads", str(args.threads))
+    server = LocalServer(["--workers", str(args.workers), "--threads", str(args.threads)]).start()
     try:
         wall, texts, latencies = upload_all(server.url, paths, args.concurrency)
     finally:
         server.stop()
-    wer = word_error_rate([r["transcript"] for r in rows], texts).wer
+    wer = word_error_rate([r.transcript for r in rows], texts).wer
     row = {"files": len(paths), "audio_s": round(audio_s, 1), "concurrency": args.concurrency,
            "workers": args.workers, "threads": args.threads,
            "sherpa_x": round(audio_s / sherpa_wall, 1), "api_x": round(audio_s / wall, 1),

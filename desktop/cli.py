@@ -14,6 +14,7 @@ import sys
 from desktop.commands import eval_cmd, models_cmd, servers_cmd, transcribe_cmd
 from edge_server.audio import AudioError
 from edge_server.engine import EngineError
+from loadtest import cli as loadtest_cli
 from models.catalog import UnknownModelError
 from models.fetch import FetchError
 from models.store import ModelNotReadyError
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cmd.add_parser(sub)
     eval_cmd.add_parser(sub)
     servers_cmd.add_parsers(sub)
+    loadtest_cli.add_parser(sub)
     return parser
 
 

@@ -314,6 +314,11 @@ def _open_session(server: EdgeServer, hello: Hello, conn: WsConnection,
         if session is not None:
             raise ProtocolError(ErrorCode.BAD_MESSAGE,
                                 "session id already in use; send resume=true to continue it")
+        # admission again: upgrades admitted together (a herd) had not created their
+        # sessions yet when each was checked
+        if (reason := server.admission_refusal()) is not None:
+            server.stats["sessions_rejected"] += 1
+            raise ProtocolError(ErrorCode.OVERLOADED, reason)
         session = server.registry.create(hello.session, hello.token, hello.sample_rate,
                                          hello.partials, model=model)
         server.stats["sessions_started"] += 1
