@@ -37,6 +37,9 @@ os.environ.setdefault("EARSHOT_MDNS_INTERFACES", "127.0.0.1")  # never browse th
 # and single-instance socket stay out of the user's config dir.
 _OWNER = "EARSHOT_TESTS_TEMP_OWNER"
 _inherited = os.environ.get(_OWNER) not in (None, str(os.getpid()))
+if _inherited:  # a worker: its own TMPDIR too (tests look for leftovers in the temp dir)
+    os.environ["TMPDIR"] = tempfile.mkdtemp(prefix=f"earshot-tests-{os.getpid()}-")
+    tempfile.tempdir = None  # recomputed from TMPDIR
 for _var, _make in (
         ("EARSHOT_SERVER_TOKEN_FILE",
          lambda: str(Path(tempfile.mkdtemp(prefix="earshot-token-")) / "server-token")),
@@ -82,19 +85,20 @@ LOOPBACK_MDNS_FILES = frozenset({
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """`--dist loadgroup`: every test on its own, except LOOPBACK_MDNS_FILES, which go to
-    one process together. (pytest-xdist's own loadgroup reads `xdist_group` marks through
-    `item._nodeid`, which pytest 9 no longer uses, so it groups nothing.)"""
+    """`--dist loadgroup`: each test file runs whole in one process (its module fixtures
+    are made once; some files check what their earlier tests left), and the
+    LOOPBACK_MDNS_FILES all in the same one. (pytest-xdist's own loadgroup reads
+    `xdist_group` marks through `item._nodeid`, which pytest 9 no longer uses.)"""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class LoopbackMdnsTogether(LoadScopeScheduling):
+    class ByFileLoopbackMdnsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return "loopback-mdns" if path in LOOPBACK_MDNS_FILES else nodeid
+            return "loopback-mdns" if path in LOOPBACK_MDNS_FILES else path
 
-    return LoopbackMdnsTogether(config, log)
+    return ByFileLoopbackMdnsTogether(config, log)
 
 
 def dev_rows(sets: tuple[str, ...] | None = None) -> list[dict]:
