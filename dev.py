@@ -65,7 +65,8 @@ SYSTEM_PROGRAMS = {"app": {},
                             "systemd-analyze": "systemd", "objdump": "binutils",
                             "desktop-file-validate": "desktop-file-utils",
                             # a real X server for the text-insertion / hotkey tests
-                            "Xvfb": "xvfb", "xdotool": "xdotool"},
+                            "Xvfb": "xvfb", "xdotool": "xdotool",
+                            "redis-server": "redis-server"},  # tests/redis_server.py
                    "package": {"objdump": "binutils"}}
 # pynput (global hotkey, typing at the cursor) needs evdev on Linux, which PyPI has only as
 # source: building it needs a C compiler, the kernel's input headers and Python's headers

@@ -36,6 +36,7 @@ from edge_server.ws_handler import SERVER_KEY, stream_handler
 
 if TYPE_CHECKING:
     from edge_server.lan.identity import ServerIdentity
+    from edge_server.queue.pool import RedisPool
     from edge_server.wyoming_server import WyomingServer
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,24 @@ class EdgeServer:
         self.tls_fingerprint = tls_fingerprint
         self.bind_host = settings.host  # the CLI sets what it really bound
         self.models = served_models(settings)  # the default first; ValueError if unknown
-        self.pool = WorkerPool(WorkerConfig(
-            model_ids=self.models, device=settings.device, threads=settings.threads,
-            workers=settings.workers, noop=settings.noop_engine,
-            deadline_floor_s=settings.batch_deadline_floor_s,
-            deadline_cap_s=settings.batch_deadline_cap_s,
-            deadline_factor=settings.batch_deadline_factor))
+        self.pool: WorkerPool | RedisPool
+        if settings.queue:  # workers anywhere, through Redis Streams (edge_server/queue)
+            from edge_server.queue.pool import QueueConfig, RedisPool
+
+            self.pool = RedisPool(QueueConfig(
+                url=settings.queue, model_ids=self.models, workers=settings.workers,
+                device=settings.device, threads=settings.threads, noop=settings.noop_engine,
+                local_batch=settings.max_batch,
+                deadline_floor_s=settings.batch_deadline_floor_s,
+                deadline_cap_s=settings.batch_deadline_cap_s,
+                deadline_factor=settings.batch_deadline_factor))
+        else:
+            self.pool = WorkerPool(WorkerConfig(
+                model_ids=self.models, device=settings.device, threads=settings.threads,
+                workers=settings.workers, noop=settings.noop_engine,
+                deadline_floor_s=settings.batch_deadline_floor_s,
+                deadline_cap_s=settings.batch_deadline_cap_s,
+                deadline_factor=settings.batch_deadline_factor))
         self.vad = VadService(None if settings.noop_engine else SileroVad())
         self.metrics = ServerMetrics(self)
         self.scheduler = Scheduler(self.pool, self._deliver, settings.max_batch,
@@ -117,11 +130,12 @@ class EdgeServer:
     def capacity(self) -> int | None:
         """Streams the pool can keep up with: 0.8 x the measured speed of one worker on
         finals and clips (partials are shed under load, so they do not count) x the
-        configured workers. None until 20 batches with finals or clips were measured."""
+        pool's workers (`pool.size`: the configured ones; with --queue, every live worker
+        on every machine). None until 20 batches with finals or clips were measured."""
         speed = self.scheduler.final_speed()
         if speed is None:
             return None
-        return max(1, int(speed * self.settings.workers * 0.8))
+        return max(1, int(speed * self.pool.size * 0.8))
 
     def admission_refusal(self) -> str | None:
         """Why a new session is refused right now (HTTP 503), or None to admit it.
@@ -139,6 +153,8 @@ class EdgeServer:
                 return f"server failed to start: {self.startup_error}"
             return "server is starting (models loading)"
         if self.pool.failed:
+            if getattr(self.pool, "lost", None):
+                return f"no engine worker is reachable ({self.pool.lost})"
             return "no engine worker is running (restarts are failing)"
         if self.registry.active >= self.settings.max_sessions:
             return f"server is full ({self.settings.max_sessions} sessions)"
@@ -219,7 +235,7 @@ class EdgeServer:
         return {"id": self.server_id, "fingerprint": self.tls_fingerprint,
                 "model": self.model_id, "models": list(self.models),
                 "device": info.get("device"), "provider": info.get("provider"),
-                "workers": self.settings.workers}
+                "workers": self.pool.size}
 
     # ---- app -----------------------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -250,8 +266,10 @@ class EdgeServer:
             log.error("workers failed to start: %s", exc)
             return
         info = self.pool.info
-        log.info("ready: model(s) %s on %s, %d worker(s)", ", ".join(self.models),
-                 info.get("provider"), self.settings.workers)
+        log.info("ready: model(s) %s on %s, %d worker(s)%s", ", ".join(self.models),
+                 info.get("provider"), self.settings.workers,
+                 " local; remote ones register through the queue" if self.settings.queue
+                 else "")
 
     async def _on_cleanup(self, app: web.Application) -> None:
         if self.advertiser is not None:
@@ -277,6 +295,8 @@ class EdgeServer:
             "error": self.startup_error,
             "counters": dict(self.stats),
         }
+        if hasattr(self.pool, "queue_stats"):  # --queue: live workers on every machine
+            body["queue"] = self.pool.queue_stats()
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_page(self, request: web.Request) -> web.Response:

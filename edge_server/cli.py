@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, help="inference device (default auto)")
     p.add_argument("--workers", type=int, help=f"worker processes (default {d.workers})")
     p.add_argument("--threads", type=int, help="onnxruntime threads per worker")
+    p.add_argument("--queue", metavar="URL",
+                   help="decode through Redis Streams: redis://[:PASSWORD@]HOST:PORT/DB "
+                   "(rediss:// for TLS); workers run `earshot-worker --queue URL` on any "
+                   "machine, local ones only with --workers N (docs/scale-out.md)")
     p.add_argument("--token", help="token clients must present (default: the token file's)")
     p.add_argument("--token-file", help="where the token is kept (default: "
                    "~/.config/earshot/server-token; `earshot-server token` shows it)")
@@ -217,7 +221,15 @@ def main(argv: list[str] | None = None) -> int:
             from dataclasses import replace
 
             settings = replace(settings, models=())
+        if settings.queue and args.workers is None:  # --queue: remote workers by default
+            from dataclasses import replace as _replace
+
+            settings = _replace(settings, workers=0)
         served = served_models(settings)  # an unknown id: the catalog's ids, now
+        if settings.queue:  # unreachable Redis or a wrong password: one line, now
+            from edge_server.queue.worker_cli import connect
+
+            connect(settings.queue).close()
         identity = load_or_create_identity(Path(settings.state_dir) if settings.state_dir
                                            else None)
         tls_context(tls_files(settings, identity))  # an unusable certificate: one line, now
@@ -236,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         import_onnxruntime()
         if not settings.noop_engine:
             catalog = load_catalog()
-            for model_id in served:
-                require_model(model_id)
+            for model_id in served if settings.workers or not settings.queue else ():
+                require_model(model_id)  # (a queue gateway without local workers decodes none)
             require_model(catalog.default_vad)
         asyncio.run(serve(settings, identity))
     except (ModelNotReadyError, EngineError, UnknownModelError, OSError, ValueError) as exc:

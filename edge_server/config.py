@@ -37,6 +37,7 @@ class ServerSettings:
     allow_plain_lan: bool = False  # accept plain http/ws from other hosts (logged opt-out)
     trusted_proxies: tuple[str, ...] = ()  # reverse proxies whose forwarding headers count
     noop_engine: bool = False  # no inference at all: measures the server's own overhead
+    queue: str | None = None  # redis://... : decode through Redis Streams (edge_server/queue)
     max_sessions: int = 64
     max_batch: int = 16
     max_wait_ms: float = 10.0

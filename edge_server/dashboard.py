@@ -95,7 +95,12 @@ def build_snapshot(server: EdgeServer, resources: dict[str, Any],
                   "oldest_final_wait_s": round(sched.oldest_final_wait(), 3)},
         "workers": {"configured": pool.config.workers, "ready": pool.ready_count,
                     "busy": pool.ready_count - pool.idle_count, "idle": pool.idle_count,
-                    "restarts": pool.restart_count, "pids": pool.pids()},
+                    "restarts": pool.restart_count, "pids": pool.pids(),
+                    "live": pool.size,  # with --queue: live workers on every machine
+                    "remote": [{k: w.get(k) for k in ("id", "host", "model", "device", "batch",
+                                                      "speed")}
+                               for w in (pool.queue_stats()["workers"]
+                                         if hasattr(pool, "queue_stats") else [])]},
         "batch_sizes": batch_histogram(sched.stats.batch_sizes),
         "model_batches": {m: sched.stats.model_batches.get(m, 0) for m in server.models},
         "realtime_factor": round(server.metrics.realtime_factor(), 4),

@@ -84,6 +84,17 @@ class _LiveState:
             "earshot_realtime_factor": ("Decode time per audio second, recent batches",
                                         self.metrics.realtime_factor()),
         }
+        queue = s.pool.queue_stats() if hasattr(s.pool, "queue_stats") else None
+        if queue is not None:  # --queue (edge_server/queue): the pool across machines
+            gauges.update({
+                "earshot_queue_length": ("Tasks in the Redis streams (waiting or decoding)",
+                                         queue["queue_length"]),
+                "earshot_queue_oldest_task_age_seconds": ("Age of the oldest task in Redis",
+                                                          queue["oldest_task_age_s"]),
+                "earshot_queue_workers_live": ("Workers with a fresh heartbeat",
+                                               queue["live_workers"]),
+                "earshot_queue_up": ("1 while Redis is reachable", 0 if queue["lost"] else 1),
+            })
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(name, doc, value=value)
         counters = {
@@ -97,5 +108,12 @@ class _LiveState:
             "earshot_decode_failures": ("Requests that could not be decoded",
                                         s.scheduler.stats.failed),
         }
+        if queue is not None:
+            counters.update({
+                "earshot_queue_dead_letters": ("Rows dead-lettered by workers (poison)",
+                                               queue["dead_letters"]),
+                "earshot_queue_duplicates_dropped": ("Late duplicate results dropped",
+                                                     queue["duplicates_dropped"]),
+            })
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(name, doc, value=value)

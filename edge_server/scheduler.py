@@ -36,6 +36,9 @@ Failures (nothing is lost, nothing loops):
   batches that killed a worker fails with "crashed the worker twice" (poison rule).
 - A batch sent to a worker that was already dead (`WorkerLost`) goes back to the queues
   unchanged: its rows are not to blame.
+- A queue pool (edge_server/queue: workers on other machines) recovers a dead worker's
+  rows itself (Redis XAUTOCLAIM) and reports a row its workers dead-lettered as that row's
+  error (`Decoded.errors`): the scheduler fails just that row.
 - Partials follow the same rules (their retry is dropped instead once degraded or once
   their segment's final is queued); every partial submitted is answered exactly once:
   decoded text, or text None (dropped: the session may ask again), or an error.
@@ -437,7 +440,11 @@ class Scheduler:
     async def _dispatch(self, worker, batch: list[DecodeRequest]) -> None:
         started = time.monotonic()
         try:
-            decoded = await self.pool.run(worker, [r.audio for r in batch], batch[0].model)
+            extra = {}  # a queue pool sends finals and partials down separate streams
+            if getattr(self.pool, "prioritized", False):
+                extra["urgent"] = any(r.kind != "partial" for r in batch)
+            decoded = await self.pool.run(worker, [r.audio for r in batch], batch[0].model,
+                                          **extra)
         except WorkerLost as exc:
             log.warning("%s; %d request(s) go back to the queue", exc, len(batch))
             self._requeue(batch)
@@ -451,14 +458,17 @@ class Scheduler:
             log.exception("batch of %d failed", len(batch))
             self._failed_batch(batch, crashed=False, error=f"{type(exc).__name__}: {exc}")
         else:
-            self._delivered(batch, decoded.texts, decoded.busy_s, time.monotonic() - started)
+            self._delivered(batch, decoded.texts, decoded.busy_s, time.monotonic() - started,
+                            decoded.errors)
         finally:
             self.in_flight -= 1
             self._wake.set()
             self._check_idle()
 
     def _delivered(self, batch: list[DecodeRequest], texts: list[str], busy_s: float,
-                   wall_s: float) -> None:
+                   wall_s: float, errors: list[str | None] | None = None) -> None:
+        """Hand out a decoded batch; a row with an error (a queue pool's dead letter) is
+        failed with it instead."""
         if self.on_batch is not None:
             self.on_batch(batch, wall_s)
         self.stats.batches += 1
@@ -469,7 +479,10 @@ class Scheduler:
         if counted > 0 and busy_s > 0:
             self._final_speed.append((counted, busy_s * counted / total))
         now = time.monotonic()
-        for req, text in zip(batch, texts, strict=True):
+        for req, text, error in zip(batch, texts, errors or [None] * len(batch), strict=True):
+            if error is not None:
+                self._fail(req, error)
+                continue
             if req.kind == "final":
                 self.stats.finals += 1
                 self.stats.final_latency.append(now - (req.speech_end or req.created))

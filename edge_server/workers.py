@@ -83,10 +83,13 @@ class WorkerConfig:
 
 @dataclass(frozen=True)
 class Decoded:
-    """A decoded batch: one text per input, and the engine's busy seconds."""
+    """A decoded batch: one text per input, and the engine's busy seconds. `errors`
+    (a queue pool's, edge_server/queue): per row None or why that row alone failed (its
+    text is then ""); None when every row decoded."""
 
     texts: list[str]
     busy_s: float
+    errors: list[str | None] | None = None
 
 
 @dataclass
@@ -260,6 +263,11 @@ class WorkerPool:
     @property
     def idle_count(self) -> int:
         return sum(1 for w in self._workers if w is not None and w.alive and not w.busy)
+
+    @property
+    def size(self) -> int:
+        """Workers counted for capacity: the configured ones."""
+        return self.config.workers
 
     @property
     def restarting(self) -> int:
