@@ -106,6 +106,27 @@ class _Worker:
     watched: bool = False  # its sentinel is registered with the loop
 
 
+def measured_speed(measured) -> float | None:
+    """Audio seconds per busy second over `measured` (audio_s, busy_s) pairs; None until
+    `MIN_MEASURED` of them; inf when they took no measurable time. (Shared with the
+    queue pool, edge_server/queue/pool.py.)"""
+    if len(measured) < MIN_MEASURED:
+        return None
+    audio = sum(a for a, _ in measured)
+    busy = sum(b for _, b in measured)
+    return audio / busy if busy > 0 else float("inf")
+
+
+def hang_deadline(config, audio_s: float, speed: float | None) -> float:
+    """Seconds a batch of `audio_s` may run at `speed` before it counts as hung:
+    `deadline_factor` x the expected time, between `deadline_floor_s` and `deadline_cap_s`
+    (the cap while the speed is unknown). `config` has those three fields."""
+    if speed is None:
+        return config.deadline_cap_s
+    return min(config.deadline_cap_s,
+               max(config.deadline_floor_s, config.deadline_factor * audio_s / speed))
+
+
 class WorkerPool:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
@@ -296,20 +317,12 @@ class WorkerPool:
         (of `model` only, when given); None until `MIN_MEASURED` such batches; inf when they
         took no measurable time."""
         measured = self._measured if model is None else self._measured_by_model.get(model, ())
-        if len(measured) < MIN_MEASURED:
-            return None
-        audio = sum(a for a, _ in measured)
-        busy = sum(b for _, b in measured)
-        return audio / busy if busy > 0 else float("inf")
+        return measured_speed(measured)
 
     def deadline(self, audio_s: float, model: str | None = None) -> float:
         """Seconds a batch of `audio_s` audio (on `model`) may run before its worker is
         killed as hung (from that model's measured speed)."""
-        c = self.config
-        speed = self.speed(model)
-        if speed is None:
-            return c.deadline_cap_s
-        return min(c.deadline_cap_s, max(c.deadline_floor_s, c.deadline_factor * audio_s / speed))
+        return hang_deadline(self.config, audio_s, self.speed(model))
 
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w is not None and w.alive]

@@ -42,7 +42,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_server.queue import streams as S
-from edge_server.workers import MIN_MEASURED, SPEED_WINDOW, BatchRejected, Decoded
+from edge_server.workers import (
+    SPEED_WINDOW,
+    BatchRejected,
+    Decoded,
+    hang_deadline,
+    measured_speed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -326,18 +332,10 @@ class RedisPool:
     def speed(self, model: str | None = None) -> float | None:
         """As WorkerPool.speed: audio seconds per busy second of one worker (recent rows)."""
         measured = self._measured if model is None else self._measured_by_model.get(model, ())
-        if len(measured) < MIN_MEASURED:
-            return None
-        busy = sum(b for _, b in measured)
-        audio = sum(a for a, _ in measured)
-        return audio / busy if busy > 0 else float("inf")
+        return measured_speed(measured)
 
     def deadline(self, audio_s: float, model: str | None = None) -> float:
-        c = self.config
-        speed = self.speed(model)
-        if speed is None:
-            return c.deadline_cap_s
-        return min(c.deadline_cap_s, max(c.deadline_floor_s, c.deadline_factor * audio_s / speed))
+        return hang_deadline(self.config, audio_s, self.speed(model))
 
     def pids(self) -> list[int]:
         """Local worker processes (remote ones run on other machines)."""
