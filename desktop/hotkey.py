@@ -61,6 +61,13 @@ class HotkeyUnavailable(RuntimeError):
     """The global hotkey cannot work here; str() is a user-facing reason and what to do."""
 
 
+def parse_trigger(combination: str, mode: str) -> tuple[str, str]:
+    """(combination in pynput's form, mode) checked; ValueError for either."""
+    if mode not in MODES:
+        raise ValueError(f"hotkey mode {mode!r}: use one of {', '.join(MODES)}")
+    return parse_combination(combination), mode
+
+
 def parse_combination(text: str) -> str:
     """The canonical pynput form of a combination ("Ctrl+Alt+D" -> "<ctrl>+<alt>+d").
     Raises ValueError naming the bad part (unknown key, empty part, a key twice, or the
@@ -144,10 +151,7 @@ class GlobalHotkey(QObject):
     def __init__(self, combination: str = DEFAULT_COMBINATION, mode: str = "toggle",
                  parent: QObject | None = None) -> None:
         super().__init__(parent)
-        if mode not in MODES:
-            raise ValueError(f"hotkey mode {mode!r}: use one of {', '.join(MODES)}")
-        self.combination = parse_combination(combination)
-        self.mode = mode
+        self.combination, self.mode = parse_trigger(combination, mode)
         self._listener = None
         self._keys: set = set()
         self._down: set = set()  # listener thread only

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 
-from desktop.hotkey import MODES, TOGGLE_FALLBACK, HotkeyUnavailable, parse_combination
+from desktop.hotkey import TOGGLE_FALLBACK, HotkeyUnavailable, parse_combination, parse_trigger
 
 log = logging.getLogger(__name__)
 PORTAL_BUS = "org.freedesktop.portal.Desktop"
@@ -89,10 +89,7 @@ class PortalShortcuts(QObject):
     def __init__(self, combination: str, mode: str = "toggle",
                  parent: QObject | None = None) -> None:
         super().__init__(parent)
-        if mode not in MODES:
-            raise ValueError(f"hotkey mode {mode!r}: use one of {', '.join(MODES)}")
-        self.combination = parse_combination(combination)
-        self.mode = mode
+        self.combination, self.mode = parse_trigger(combination, mode)
         self._conn = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
