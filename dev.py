@@ -66,6 +66,8 @@ SYSTEM_PROGRAMS = {"app": {},
                             "desktop-file-validate": "desktop-file-utils",
                             # a real X server for the text-insertion / hotkey tests
                             "Xvfb": "xvfb", "xdotool": "xdotool",
+                            # a private session bus for the Wayland portal tests
+                            "dbus-daemon": "dbus-daemon",
                             "redis-server": "redis-server"},  # tests/redis_server.py
                    "package": {"objdump": "binutils"}}
 # pynput (global hotkey, typing at the cursor) needs evdev on Linux, which PyPI has only as

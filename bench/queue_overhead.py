@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 
 from bench.models_env import default_models_dir
+from loadtest.local_server import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,39 +128,6 @@ class Workers:
                 if (m := re.search(r"claimed task .* queued ([0-9.]+)s ago", ln))]
 
 
-def start_server(args: list[str], env: dict) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "edge_server.cli", "--host", "127.0.0.1",
-                             "--port", "0", "--no-mdns", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if m := re.search(r"listening on (https?://\S+)", line):
-            url = m.group(1)
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            import urllib.request
-
-            for _ in range(600):
-                try:
-                    with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                        if json.loads(r.read())["status"] == "ready":
-                            return proc, url
-                except Exception:
-                    pass
-                time.sleep(0.2)
-            break
-    proc.kill()
-    raise RuntimeError("server did not become ready")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def loadtest(url: str, mode: str, a: argparse.Namespace, env: dict, out: Path,
              extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "loadtest", mode, "--server", url, "--streams",
@@ -198,20 +165,21 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--model", a.model, "--threads", str(a.threads)]
     worker_args = [*common, "--device", "cpu", "--batch", str(a.batch)]
 
-    proc, url = start_server([*common, "--workers", str(a.workers), "--device", "cpu",
-                              "--max-batch", str(a.batch)], env)
+    server = LocalServer([*common, "--workers", str(a.workers), "--device", "cpu",
+                          "--max-batch", str(a.batch)], env=env).start()
     try:
-        results["inproc"] = loadtest(url, "sweep", a, env, tmp / "inproc.json", [])
+        results["inproc"] = loadtest(server.url, "sweep", a, env, tmp / "inproc.json", [])
     finally:
-        stop(proc)
+        server.stop()
     for count, chaos in ((a.workers, False), (1, False), (a.workers, True)):
         redis = Redis()
         workers = Workers(redis.url, count, worker_args, env)
-        proc = None
+        server = None
         try:
             workers.wait_ready()
-            proc, url = start_server([*common, "--queue", redis.url,
-                                      "--max-batch", str(a.batch)], env)
+            server = LocalServer([*common, "--queue", redis.url, "--max-batch", str(a.batch)],
+                                 env=env).start()
+            url = server.url
             name = f"redis-{count}" + ("-chaos" if chaos else "")
             if chaos:
                 kill = f"kill -9 $(shuf -n1 {workers.pidfile})"
@@ -223,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = loadtest(url, "sweep", a, env, tmp / f"{name}.json", [])
             results[name] = row
         finally:
-            if proc is not None:
-                stop(proc)
+            if server is not None:
+                server.stop()
             workers.stop()
             redis.stop()
     print(f"{'case':<16}" + "".join(f"{k:>18}" for k in KEYS))

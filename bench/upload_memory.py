@@ -26,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import openai
 import psutil
 
 from bench.models_env import default_dev_dir, default_models_dir
+from bench.server_health import read_health as health
 from edge_server.audio import read_audio
 from edge_server.evaluation import word_error_rate
 
@@ -101,16 +101,6 @@ def start_server(extra: list[str], folder: Path) -> tuple[subprocess.Popen, str]
             raise RuntimeError("server never became ready")
         time.sleep(0.2)
     return proc, url
-
-
-def health(url: str) -> dict:
-    try:
-        with urllib.request.urlopen(url + "/healthz", timeout=5) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return json.loads(err.read())
-    except OSError:
-        return {}
 
 
 def zygotes(server: psutil.Process) -> list[psutil.Process]:

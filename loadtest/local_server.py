@@ -101,8 +101,8 @@ class LocalServer:
         if config is not None:
             cmd += ["--config", str(config)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=dict(os.environ, PYTHONUNBUFFERED="1",
-                                                         **(self.env or {})))
+                                     text=True, env={**os.environ, **(self.env or {}),
+                                          "PYTHONUNBUFFERED": "1"})
         assert self.proc.stdout is not None
         deadline = time.monotonic() + ready_timeout_s
         while not self.url:

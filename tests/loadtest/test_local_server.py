@@ -1,5 +1,6 @@
 """loadtest.local_server: settings merged into a TOML for the server it starts."""
 
+import os
 import tomllib
 
 import pytest
@@ -24,3 +25,10 @@ def test_settings_parse_and_serialise(tmp_path):
 def test_a_server_that_cannot_start_is_reported_with_its_log():
     with pytest.raises(ServerStartError, match="no-such-model"):
         LocalServer(["--model", "no-such-model"]).start(ready_timeout_s=60)
+
+
+def test_a_whole_environment_can_be_passed(monkeypatch):
+    """A caller's env that already holds PYTHONUNBUFFERED (a copy of os.environ) starts."""
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    with pytest.raises(ServerStartError, match="no-such-model"):
+        LocalServer(["--model", "no-such-model"], env=dict(os.environ)).start(ready_timeout_s=60)
