@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -134,9 +135,9 @@ def start_worker(url: str, *args: str, env: dict | None = None, ready_timeout: f
                  prefix: list[str] | None = None) -> WorkerProcess:
     """Start `earshot-worker --queue url ...`; returns once it said it is ready."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    cmd = [*(prefix or []), sys.executable, "-m", "edge_server.queue.worker_cli",
-           "--queue", url, "--heartbeat-s", "0.5", "--claim-idle-s", "1.5",
-           "--claim-check-s", "0.3", *args]
+    worker = Path(sys.executable).parent / "earshot-worker"  # the installed command
+    cmd = [*(prefix or []), str(worker), "--queue", url, "--heartbeat-s", "0.5",
+           "--claim-idle-s", "1.5", "--claim-check-s", "0.3", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=full_env, cwd=os.path.dirname(os.path.dirname(__file__)))
     worker = WorkerProcess(proc)

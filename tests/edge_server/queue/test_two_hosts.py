@@ -3,13 +3,11 @@ Redis bound to the first host's LAN address: nothing in the queue is loopback-bo
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from tests import netns_lan
 from tests.conftest import DEV, dev_rows
-from tests.netns_lan import NetnsLan
+from tests.netns_lan import BIN, NetnsLan
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.skipif(not netns_lan.available(),
@@ -42,9 +40,8 @@ def test_a_worker_on_another_host_decodes_through_the_gateways_redis():
         gateway, box = lan.add_host("gw"), lan.add_host("box")
         redis = RedisServer.start(password="lan-pass", host=gateway.ip,
                                   netns=gateway.command())
-        worker = lan.start(box, sys.executable, "-m", "edge_server.queue.worker_cli",
-                           "--queue", redis.url, "--model", "moonshine-tiny-en",
-                           "--device", "cpu", "--threads", "1")
+        # the installed command on its defaults (model, device, threads): only the queue
+        worker = lan.start(box, str(BIN / "earshot-worker"), "--queue", redis.url)
         worker.wait_for("earshot-worker ready", timeout=60)
         out = gateway.python("-c", ASK, redis.url, str(DEV / ROW["path"]), timeout=90)
         assert out.returncode == 0, out.stderr
