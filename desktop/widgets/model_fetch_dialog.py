@@ -85,6 +85,11 @@ class FetchWorker(QObject):
     def running(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
 
+    def wait(self, timeout_s: float = 2.0) -> None:
+        """After its last signal, until the thread has really ended (it only returns)."""
+        if self.thread is not None:
+            self.thread.join(timeout_s)
+
     def _run(self) -> None:
         try:
             for i, model_id in enumerate(self.model_ids):
@@ -243,6 +248,7 @@ class ModelFetchDialog(QDialog):
         self.detail.setText("Ready.")
         self._show_buttons()
         if self._close_when_stopped:
+            self.worker.wait()  # "closes once it stopped": the thread is past its last emit
             super().reject()
         else:
             self.accept()
@@ -255,6 +261,7 @@ class ModelFetchDialog(QDialog):
         self.detail.setText(f"The download failed. {message}")
         self._show_buttons(retry=True)
         if self._close_when_stopped:
+            self.worker.wait()  # "closes once it stopped": the thread is past its last emit
             super().reject()
 
     @Slot()
@@ -267,6 +274,7 @@ class ModelFetchDialog(QDialog):
         self.detail.setText(f"Download paused.{kept} Retry continues where it stopped.")
         self._show_buttons(retry=True)
         if self._close_when_stopped:
+            self.worker.wait()  # "closes once it stopped": the thread is past its last emit
             super().reject()
 
     def _show_buttons(self, cancel: bool = False, retry: bool = False) -> None:
