@@ -20,6 +20,9 @@ Measured per run:
   of speech (segment audio).
 - How far the last partial of each segment is from its final: word error rate of the
   last partials against the finals (0 = the final only confirmed what was shown).
+- Agreement: of all the words shown in partials, the share the final kept (each partial's
+  longest common word prefix with its segment's final, lower-cased, punctuation dropped,
+  summed, over the partials' words summed): 1 = no partial showed a word the final changed.
 - Final latency: from the moment its endpoint was due (speech end + endpoint silence, in
   stream time mapped to wall time) to the final's arrival, p50 and max.
 Prints one JSON line per run, then the median (and min-max) per mode. Does not import tests/.
@@ -146,6 +149,7 @@ async def stream_once(url: str, audio: np.ndarray, partials: bool, endpoint_s: f
     await asyncio.sleep(start_delay)
     partial_times: dict[int, list[float]] = {}
     last_partial: dict[int, str] = {}
+    partial_texts: dict[int, list[str]] = {}
     finals: list[tuple[float, dict]] = []
     statuses: list[str] = []
 
@@ -154,6 +158,7 @@ async def stream_once(url: str, audio: np.ndarray, partials: bool, endpoint_s: f
         if e["type"] == "partial":
             partial_times.setdefault(e["segment"], []).append(now)
             last_partial[e["segment"]] = e["text"]
+            partial_texts.setdefault(e["segment"], []).append(e["text"])
         elif e["type"] == "final":
             finals.append((now, e))
         elif e["type"] == "status":
@@ -176,7 +181,16 @@ async def stream_once(url: str, audio: np.ndarray, partials: bool, endpoint_s: f
     drift = word_error_rate([f.text for f in with_partial],
                             [last_partial[f.segment] for f in with_partial]).wer \
         if with_partial else None
+    finals_by_segment = {f.segment: f.text for f in done}
+    kept = shown = 0
+    for seg, texts in partial_texts.items():
+        final = _words(finals_by_segment.get(seg, ""))
+        for text in texts:
+            words = _words(text)
+            shown += len(words)
+            kept += _common_words(words, final)
     return {"finals": len(done), "text": " ".join(f.text for f in done),
+            "partial_agreement": kept / shown if shown else None,
             "partials": sum(len(v) for v in partial_times.values()),
             "partials_per_speech_s": sum(len(v) for v in partial_times.values()) / seg_audio
             if seg_audio else 0.0,
@@ -187,6 +201,19 @@ async def stream_once(url: str, audio: np.ndarray, partials: bool, endpoint_s: f
             "last_partial_vs_final_wer": drift,
             "pairs": [[f.text, last_partial.get(f.segment, "")] for f in done],
             "status_changes": len(statuses), "latencies": latencies}
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^\w' ]+", " ", text.lower()).split()
+
+
+def _common_words(a: list[str], b: list[str]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 async def many(url: str, audio: np.ndarray, n: int, endpoint_s: float,
@@ -280,13 +307,15 @@ def main() -> None:
     print(f"\n{audio_s:.1f} s of audio ({speech_s:.1f} s of speech) per run, "
           f"{args.repeats} repeats; median (min-max)")
     print("| partials | cores per dictation | median partial gap (s) | partials per speech s "
-          "| last partial vs final WER | final latency p50 (s) | final latency max (s) |")
-    print("|---|---|---|---|---|---|---|")
+          "| last partial vs final WER | agreement | final latency p50 (s) "
+          "| final latency max (s) |")
+    print("|---|---|---|---|---|---|---|---|")
     for mode in modes:
         rs = [r for r in runs if r["partials_on"] == (mode == "on")]
         print(f"| {mode} | {summarize(rs, 'cores')} | {summarize(rs, 'partial_gap_median_s')} "
               f"| {summarize(rs, 'partials_per_speech_s')} "
               f"| {summarize(rs, 'last_partial_vs_final_wer')} "
+              f"| {summarize(rs, 'partial_agreement')} "
               f"| {summarize(rs, 'final_latency_p50_s')} "
               f"| {summarize(rs, 'final_latency_max_s')} |")
     if args.json:

@@ -20,6 +20,15 @@ audio it decodes, so that a live dictation costs little whatever the segment's l
 The final of a segment is always decoded from the whole segment (never from chunks), so
 partials never change a final's text; a partial's text may differ from it (chunk edges).
 
+`StablePrefix` (one per session) makes a partial cheaper to decode: the tokens the last
+`agree` partials of the same audio window (same segment, same chunk start) agree on, their
+longest common prefix (LocalAgreement-n; n = 2 as whisper_streaming), are given as a prefix
+to the next partial's decode (one prefill call instead of one decoder step per token; the
+engine verifies it as a draft, so the text is unchanged: docs/engine.md). It is reset by a
+new window (new segment, or a chunk committed) and at every final. Chunk jobs (`commit`)
+get no prefix: their audio ends at a pause, possibly before words the previous partials
+agreed on (which, forced, would be committed twice). Finals and clips never get one.
+
 `ShedGate` is load shedding with hysteresis: on when the measured lateness exceeds
 `on_above_s`, off only once it has stayed below `off_below_s` for `hold_s` (measured on
 the injected clock). So a server hovering around the threshold changes state at most once
@@ -164,6 +173,57 @@ class PartialPlanner:
             self._tail_start = job.end
         parts = self._committed if job.commit else [*self._committed, text]
         return " ".join(p for p in parts if p) or None
+
+
+class StablePrefix:
+    """LocalAgreement-n over the token ids of one session's partials (module docstring):
+    the prefix is the longest common prefix of the window's last `agree` partials (2: as
+    whisper_streaming; 1: the previous partial's tokens, for an engine that verifies its
+    prefix). `prefix(job)` before a job is sent; `record(job, tokens)` with its decoded
+    tokens; `reset()` at a final. ValueError for agree < 1."""
+
+    def __init__(self, agree: int = 2) -> None:
+        if agree < 1:
+            raise ValueError("agree must be at least 1")
+        self.agree = agree
+        self._window: tuple[int, int] | None = None  # (segment id, chunk start)
+        self._last: list[tuple[int, ...]] = []  # the window's last `agree` partials' tokens
+
+    def prefix(self, job: PartialJob) -> tuple[int, ...]:
+        """Tokens to give at the start of `job`'s decode (empty: none)."""
+        if (job.commit or self._window != (job.segment_id, job.start)
+                or len(self._last) < self.agree):
+            return ()
+        agreed = self._last[0]
+        for tokens in self._last[1:]:
+            agreed = common_prefix(agreed, tokens)
+        return agreed
+
+    def record(self, job: PartialJob, tokens: Sequence[int] | None) -> None:
+        """A decoded partial's tokens (None: dropped or failed, nothing learnt). A commit
+        job's audio window is over: the next job starts a new one."""
+        if tokens is None:
+            return
+        if job.commit:
+            self.reset()
+            return
+        window = (job.segment_id, job.start)
+        if window != self._window:
+            self._window, self._last = window, []
+        self._last = [*self._last, tuple(tokens)][-self.agree:]
+
+    def reset(self) -> None:
+        self._window, self._last = None, []
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    """The longest common prefix of two token sequences."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return tuple(a[:n])
 
 
 def _speech_after(probs: Sequence[tuple[int, float]], after: int, threshold: float) -> bool:

@@ -52,6 +52,12 @@ when it was queued, a clip like a final without the head start; retries go first
 whatever their model. So one model's backlog cannot starve the other: the other's oldest
 request only grows older until it wins. Within the chosen model the rules above apply.
 While no worker is ready (all restarting) requests simply wait in the queues.
+
+Prefixes: a request's `prefix` (partials only: a draft from its session's previous
+partial, which the engine verifies: partial_policy.StablePrefix) is passed to the pool
+(`run(..., prefixes=)`, only when a row of the batch has one); the pool's per-row tokens
+are set on each request (`req.tokens`) before `on_result`, so the session can draft the
+next prefix.
 Runs on the event loop; not thread-safe.
 """
 
@@ -96,6 +102,8 @@ class DecodeRequest:
     cut: bool = False  # a final of speech cut short by the server ending the turn (drain)
     future: asyncio.Future | None = None  # clips: resolved with the text (or an exception)
     model: str | None = None  # catalog id; None: the session's (bind_model), else the default
+    prefix: tuple[int, ...] = ()  # partials: a draft of the first token ids (engine verifies)
+    tokens: tuple[int, ...] | None = None  # set before on_result: the decoded token ids
 
     @property
     def seconds(self) -> float:
@@ -443,6 +451,8 @@ class Scheduler:
             extra = {}  # a queue pool sends finals and partials down separate streams
             if getattr(self.pool, "prioritized", False):
                 extra["urgent"] = any(r.kind != "partial" for r in batch)
+            if any(r.prefix for r in batch):  # partials' stable prefixes (LocalAgreement)
+                extra["prefixes"] = [r.prefix for r in batch]
             decoded = await self.pool.run(worker, [r.audio for r in batch], batch[0].model,
                                           **extra)
         except WorkerLost as exc:
@@ -459,16 +469,18 @@ class Scheduler:
             self._failed_batch(batch, crashed=False, error=f"{type(exc).__name__}: {exc}")
         else:
             self._delivered(batch, decoded.texts, decoded.busy_s, time.monotonic() - started,
-                            decoded.errors)
+                            decoded.errors, decoded.tokens)
         finally:
             self.in_flight -= 1
             self._wake.set()
             self._check_idle()
 
     def _delivered(self, batch: list[DecodeRequest], texts: list[str], busy_s: float,
-                   wall_s: float, errors: list[str | None] | None = None) -> None:
-        """Hand out a decoded batch; a row with an error (a queue pool's dead letter) is
-        failed with it instead."""
+                   wall_s: float, errors: list[str | None] | None = None,
+                   tokens: list[tuple[int, ...]] | None = None) -> None:
+        """Hand out a decoded batch (each row's `tokens` set on its request first, when the
+        pool returned them); a row with an error (a queue pool's dead letter) is failed
+        with it instead."""
         if self.on_batch is not None:
             self.on_batch(batch, wall_s)
         self.stats.batches += 1
@@ -479,10 +491,13 @@ class Scheduler:
         if counted > 0 and busy_s > 0:
             self._final_speed.append((counted, busy_s * counted / total))
         now = time.monotonic()
-        for req, text, error in zip(batch, texts, errors or [None] * len(batch), strict=True):
+        for i, (req, text, error) in enumerate(
+                zip(batch, texts, errors or [None] * len(batch), strict=True)):
             if error is not None:
                 self._fail(req, error)
                 continue
+            if tokens is not None:
+                req.tokens = tuple(tokens[i])
             if req.kind == "final":
                 self.stats.finals += 1
                 self.stats.final_latency.append(now - (req.speech_end or req.created))

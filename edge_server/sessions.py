@@ -22,13 +22,15 @@ import soxr
 
 from edge_server.audio import pcm16_to_float
 from edge_server.config import ServerSettings
-from edge_server.partial_policy import PartialJob, PartialPlanner, partial_config
+from edge_server.partial_policy import PartialJob, PartialPlanner, StablePrefix, partial_config
 from edge_server.protocol import ErrorCode, ProtocolError, error_message
 from edge_server.scheduler import DecodeRequest, Scheduler
 from edge_server.segmenter import SAMPLE_RATE, Segment, Segmenter
 from edge_server.vad_service import VadService
 
 log = logging.getLogger(__name__)
+
+PREFIX_AGREE = 1  # partials a draft prefix must agree over (docs/benchmarks.md, "Partials")
 
 
 class Connection(Protocol):
@@ -68,6 +70,9 @@ class Session:
         self._partial_failed_segment = -1  # a segment whose partial failed to decode
         self._partial_plan = PartialPlanner(partial_config(settings))  # _maybe_partial
         self._partial_job: tuple[DecodeRequest, PartialJob] | None = None  # in flight
+        # the previous partial's tokens, a draft the engine keeps as far as it agrees with
+        # (verify): fewer decoder steps, the same text (partial_policy.StablePrefix)
+        self._stable = StablePrefix(agree=PREFIX_AGREE)
         self._told_degraded = False
         self.ending = False
         self.server_ended = False  # the turn was ended by the server (drain), not the client
@@ -151,6 +156,7 @@ class Session:
         self._check_ended()
 
     def _submit_final(self, segment: Segment, cut: bool = False) -> None:
+        self._stable.reset()  # a final (never given a prefix) ends the agreement
         self.segments_submitted = segment.id + 1
         self.pending_finals += 1
         self._finals_drained.clear()
@@ -188,7 +194,7 @@ class Session:
         audio = self.segmenter.buffer.slice(job.start, job.end)  # a part of the open segment
         self.partial_in_flight = True
         req = DecodeRequest(self.id, seg_id, "partial", audio, job.start,
-                            job.start + len(audio))
+                            job.start + len(audio), prefix=self._stable.prefix(job))
         self._partial_job = (req, job)
         self.scheduler.submit(req)
 
@@ -209,6 +215,8 @@ class Session:
                 self._partial_failed_segment = req.segment_id
             if job is None or error is not None:
                 return
+            if text is not None and req.segment_id == self.segmenter.open_segment_id:
+                self._stable.record(job, req.tokens)
             shown = self._partial_plan.done(job, text)  # committed chunks + this text
             if shown and not self.ending and req.segment_id == self.segmenter.open_segment_id:
                 self._send({"type": "partial", "segment": req.segment_id,

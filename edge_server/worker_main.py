@@ -2,9 +2,11 @@
 
 The worker loads every model it is given (one engine each, all in this process; the
 first is the default). Messages parent -> child: ("batch", batch_id, [float32 arrays],
-model_id or None for the default) or ("stop",).
+model_id or None for the default[, prefixes]) or ("stop",); `prefixes`: None or one tuple
+of token ids per row, forced at the row's start (AsrEngine.decode_batch; partials).
 Child -> parent: ("ready", info) with info["models"] listing the loaded ids and
-info["model"] the default, ("result", batch_id, texts, busy_seconds), ("error", batch_id,
+info["model"] the default, ("result", batch_id, texts, busy_seconds, tokens) with each
+row's token ids (tuples; empty for an engine without tokens), ("error", batch_id,
 message) for a batch the engine refused or a model not loaded (the worker lives on).
 A crash (segfault, OOM kill, os._exit) closes the pipe; the parent requeues the batch.
 
@@ -97,8 +99,9 @@ def worker_main(conn: Connection, model_ids: tuple[str, ...] | str | None, devic
             if engine is None:
                 raise ValueError(f"model '{rest[0]}' is not loaded in this worker (loaded: "
                                  f"{', '.join(engines)})")
-            texts = engine.transcribe_batch(audios)
-            reply = ("result", batch_id, texts, time.perf_counter() - started)
+            rows = engine.decode_batch(audios, rest[1] if len(rest) > 1 else None)
+            reply = ("result", batch_id, [r.text for r in rows], time.perf_counter() - started,
+                     [r.tokens for r in rows])
         except Exception as exc:
             reply = ("error", batch_id, f"{type(exc).__name__}: {exc}")
         try:

@@ -28,7 +28,8 @@ worker, never on the loop.
   model)`), one model per batch. Speed and deadlines are measured per model (`speed(model)`;
   `speed()` over all batches).
 `acquire()` reserves an idle worker, `run(worker, audios, model)` decodes on it and
-releases it.
+releases it. `run(..., prefixes=)` forces a token prefix per row (partials: see
+AsrEngine.decode_batch); every result carries each row's tokens (`Decoded.tokens`).
 All methods must be called from the event loop's thread.
 """
 
@@ -85,11 +86,13 @@ class WorkerConfig:
 class Decoded:
     """A decoded batch: one text per input, and the engine's busy seconds. `errors`
     (a queue pool's, edge_server/queue): per row None or why that row alone failed (its
-    text is then ""); None when every row decoded."""
+    text is then ""); None when every row decoded. `tokens`: each row's token ids (empty
+    for a failed row or an engine without tokens)."""
 
     texts: list[str]
     busy_s: float
     errors: list[str | None] | None = None
+    tokens: list[tuple[int, ...]] | None = None  # per row (None: the pool sent none)
 
 
 @dataclass
@@ -349,8 +352,10 @@ class WorkerPool:
             self._idle.notify_all()
 
     async def run(self, worker: _Worker, audios: list[np.ndarray],
-                  model: str | None = None) -> Decoded:
+                  model: str | None = None,
+                  prefixes: list[tuple[int, ...]] | None = None) -> Decoded:
         """Decode on a reserved worker with `model` (None: the default), then release it.
+        `prefixes`: None or a forced token prefix per row (AsrEngine.decode_batch).
         Raises WorkerCrashed/BatchRejected (also for a model the workers did not load)."""
         batch_id = next(self._batch_ids)
         model = model or self.default_model
@@ -359,7 +364,7 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
 
         def exchange():
-            worker.conn.send(("batch", batch_id, audios, model))
+            worker.conn.send(("batch", batch_id, audios, model, prefixes))
             return worker.conn.recv()
 
         try:
@@ -384,10 +389,11 @@ class WorkerPool:
             await self.release(worker)
         if msg[0] == "error":
             raise BatchRejected(msg[2])
-        _, _, texts, busy = msg
+        texts, busy = msg[2], msg[3]
+        tokens = msg[4] if len(msg) > 4 else None
         self._deaths[worker.index] = 0
         self._measured.append((audio_s, busy))
         if model is not None:
             self._measured_by_model.setdefault(model, deque(maxlen=SPEED_WINDOW)).append(
                 (audio_s, busy))
-        return Decoded(texts, busy)
+        return Decoded(texts, busy, tokens=tokens)

@@ -8,6 +8,13 @@ See docs/engine.md.
 
 Decoder: merged KV-cache decoder. Step 0 (use_cache_branch=False) takes BOS and the
 encoder states and returns the cross-attention K/V; later steps feed one token per row.
+Prefix (`decode_batch(audios, prefixes)`, used for partials: the previous partial's
+tokens as a draft, checked by default, see `_greedy_decode`): step 0 takes BOS + the
+prefix in one call (that branch is causal over a sequence), so P prefix tokens cost one
+decoder call instead of P; greedy steps continue from there. The decoder takes no
+self-attention (padding) mask, so the rows of one decoder group must have prefixes of
+equal length: each group uses only its shortest prefix on every row (a leading part of a
+prefix is as valid as the whole).
 Rows are padded to the longest encoder output; `encoder_attention_mask` is given at raw
 sample length (the graph downsamples it with stride 384), one mask row per utterance.
 A decoder without that input (Moonshine base as shipped) only batches equal-length rows.
@@ -40,7 +47,13 @@ from pathlib import Path
 import numpy as np
 
 from edge_server.engine import costmodel
-from edge_server.engine.base import AsrEngine, EngineError, validate_batch
+from edge_server.engine.base import (
+    AsrEngine,
+    EngineError,
+    Transcript,
+    check_prefixes,
+    validate_batch,
+)
 from edge_server.engine.moonshine_tokenizer import MoonshineTokenizer
 from edge_server.engine.placement import CUDA, Placement
 from edge_server.engine.repetition import find_loop, loop_length_to_keep, plausible_tokens
@@ -70,6 +83,8 @@ class DecodeStats:
     loops: int = 0
     loop_tokens_trimmed: int = 0
     last_loops: list[int] = field(default_factory=list)  # rows of the last batch that looped
+    prefix_offered: int = 0  # draft prefix tokens given (verify mode), summed over rows
+    prefix_kept: int = 0  # ... of which greedy decoding agreed with (not decoded step by step)
 
 
 class MoonshineEngine(AsrEngine):
@@ -169,20 +184,37 @@ class MoonshineEngine(AsrEngine):
         return MIN_TOKEN_BUDGET + math.ceil(num_samples / 16_000 * TOKENS_PER_SECOND)
 
     def transcribe_batch(self, audios: Sequence[np.ndarray]) -> list[str]:
+        return [t.text for t in self.decode_batch(audios)]
+
+    def decode_batch(self, audios: Sequence[np.ndarray],
+                     prefixes: Sequence[Sequence[int]] | None = None,
+                     verify: bool = True) -> list[Transcript]:
+        """Texts and tokens per row (AsrEngine.decode_batch). A row's prefix is cut to its
+        token budget, then every row of a decoder group to the group's shortest prefix;
+        the prefix counts against the budget and the loop guard like decoded tokens.
+        verify=True: a prefix is a draft, kept only as far as greedy decoding agrees with
+        it (the prefill's logits say where), so each row gets its free decode's tokens
+        (up to float rounding near ties); verify=False: forced verbatim.
+        Rows of empty audio get no tokens whatever their prefix."""
         batch = validate_batch(audios)
-        texts = [""] * len(batch)
+        forced = check_prefixes(batch, prefixes, len(self.tokenizer),
+                                first_id=MoonshineTokenizer.eos_id + 1)
+        out = [Transcript("")] * len(batch)
         live = [i for i, a in enumerate(batch) if len(a) > 0]
         self.stats.last_loops = []
         if not live:
-            return texts
+            return out
         hidden = {i: self.encode(batch[i]) for i in live}
         for group in self._groups({i: h.shape[0] for i, h in hidden.items()}):
             budgets = [self.token_budget(len(batch[i])) for i in group]
             checks = [plausible_tokens(len(batch[i])) for i in group]
-            decoded = self._greedy_decode([hidden[i] for i in group], budgets, checks)
+            n = min(min(len(forced[i]), b) for i, b in zip(group, budgets, strict=True))
+            decoded = self._greedy_decode([hidden[i] for i in group], budgets, checks,
+                                          prefixes=[forced[i][:n] for i in group],
+                                          verify=verify)
             for row, tokens in zip(group, decoded, strict=True):
-                texts[row] = self.tokenizer.decode(tokens)
-        return texts
+                out[row] = Transcript(self.tokenizer.decode(tokens), tuple(tokens))
+        return out
 
     def _groups(self, frames: dict[int, int]) -> list[list[int]]:
         """Decoder sub-batches: planned by cost, or equal lengths only without a mask."""
@@ -209,13 +241,27 @@ class MoonshineEngine(AsrEngine):
 
     def _greedy_decode(self, hidden: list[np.ndarray], budgets: list[int],
                        loop_checks: list[int] | None = None,
-                       check_loops: bool = True) -> list[list[int]]:
+                       check_loops: bool = True,
+                       prefixes: Sequence[Sequence[int]] | None = None,
+                       verify: bool = False) -> list[list[int]]:
         """Batched greedy search over the KV cache (IO binding). Token ids per row, no BOS/EOS.
 
-        budgets: most tokens per row. loop_checks: token count from which a row's tail is
-        checked for loops (default: plausible_tokens of its encoder length).
-        check_loops=False: no loop guard at all (benchmarks, tests).
+        budgets: most tokens per row (a forced prefix included). loop_checks: token count
+        from which a row's tail is checked for loops (default: plausible_tokens of its
+        encoder length). check_loops=False: no loop guard at all (benchmarks, tests).
+        prefixes: tokens forced at the start of each row, all of one length P (ValueError
+        otherwise), at most the row's budget: step 0 feeds BOS + prefix, and each row's
+        tokens start with its prefix. None or P = 0: a free decode. verify=True: the
+        prefix is a draft: step 0's logits at every prefix position give the token greedy
+        decoding would pick there; the rows keep the prefix up to the first position where
+        any row's pick differs (k), the self-attention cache is cut to BOS + k tokens and
+        decoding goes on from the picks at k: the free decode, in fewer steps (k is at most
+        the rows' loop-check length, so the loop guard sees every later token as it would).
         """
+        forced = [list(p) for p in prefixes] if prefixes is not None else [[]] * len(hidden)
+        plen = len(forced[0]) if forced else 0
+        if any(len(p) != plen for p in forced) or len(forced) != len(hidden):
+            raise ValueError("the rows of one decoder group need prefixes of one length")
         if loop_checks is None:
             loop_checks = [plausible_tokens(h.shape[0] * MASK_STRIDE) for h in hidden]
         rows = len(hidden)
@@ -229,13 +275,17 @@ class MoonshineEngine(AsrEngine):
         mask_v = self._to_device(mask) if self.has_encoder_mask else None
         empty = np.zeros((rows, self.num_heads, 0, self.head_dim), dtype=np.float32)
         past = {name: self._to_device(empty) for name in self._decoder_kv + self._encoder_kv}
-        ids = np.full((rows, 1), MoonshineTokenizer.bos_id, dtype=np.int64)
+        ids = np.full((rows, 1 + plen), MoonshineTokenizer.bos_id, dtype=np.int64)
+        if plen:
+            ids[:, 1:] = np.asarray(forced, dtype=np.int64)
         batch_rows = np.arange(rows)  # original row index of each batch row
         done = np.zeros(rows, dtype=bool)  # per batch row
-        out: list[list[int]] = [[] for _ in range(rows)]
+        out: list[list[int]] = [list(p) for p in forced]
         ratio = 1.0 if self._io_device == "cpu" else CUDA_COMPACT_RATIO
         past_enc: dict = {}
-        for step in range(max(budgets)):
+        steps, step = max(budgets) - plen, -1
+        while step + 1 < steps:
+            step += 1
             binding = self.decoder.io_binding()
             binding.bind_cpu_input("input_ids", ids)
             binding.bind_cpu_input("use_cache_branch", np.array([step > 0]))
@@ -251,7 +301,24 @@ class MoonshineEngine(AsrEngine):
                     binding.bind_output(name, self._io_device, self._device_id)
             self.decoder.run_with_iobinding(binding)
             result = dict(zip(self.output_names, binding.get_outputs(), strict=True))
-            next_ids = result["logits"].numpy()[:, -1, :].argmax(axis=-1)
+            logits = result["logits"].numpy()
+            cut = None  # verify: decoder cache positions to keep (BOS + agreed prefix)
+            if step == 0 and plen and verify:
+                picks = logits.argmax(axis=-1)  # (rows, 1 + P): greedy's token after each
+                agree = (picks[:, :plen] == np.asarray(forced)).all(axis=0)
+                kept = plen if agree.all() else int(np.argmin(agree))
+                if check_loops:  # past its loop check a token is checked as it is added
+                    kept = min(kept, min(loop_checks))
+                self.stats.prefix_offered += rows * plen
+                self.stats.prefix_kept += rows * kept
+                next_ids = picks[:, kept]
+                if kept < plen:
+                    cut = 1 + kept
+                    for row in out:
+                        del row[kept:]
+                    steps = max(budgets) - kept
+            else:
+                next_ids = logits[:, -1, :].argmax(axis=-1)
             for b, orig in enumerate(batch_rows):
                 if done[b]:
                     continue
@@ -260,7 +327,7 @@ class MoonshineEngine(AsrEngine):
                     done[b] = True
                     self.stats.eos += 1
                     continue
-                if step >= budgets[orig]:
+                if len(out[orig]) >= budgets[orig]:
                     done[b] = True
                     self.stats.budget += 1
                     if check_loops:
@@ -274,6 +341,9 @@ class MoonshineEngine(AsrEngine):
             if step == 0:  # cross-attention K/V: computed once, at step 0
                 past_enc = {k: result[f"present.{k}"] for k in self._encoder_kv}
             past = {k: result[f"present.{k}"] for k in self._decoder_kv} | past_enc
+            if cut is not None:  # drop the cache of the draft tokens greedy disagreed with
+                past |= {k: self._to_device(result[f"present.{k}"].numpy()[:, :, :cut])
+                         for k in self._decoder_kv}
             if done.all():
                 break
             live = np.flatnonzero(~done)

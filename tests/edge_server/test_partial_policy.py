@@ -1,6 +1,7 @@
-"""PartialPlanner (cadence, speech-only, bounded window) and ShedGate (hysteresis), with an
-injected clock; plus a real server: partials at the configured cadence while speaking, none
-during a long pause inside a segment, and bad settings refused at load."""
+"""PartialPlanner (cadence, speech-only, bounded window), StablePrefix (LocalAgreement-2)
+and ShedGate (hysteresis), with an injected clock; plus a real server: partials at the
+configured cadence while speaking, none during a long pause inside a segment, and bad
+settings refused at load."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import pytest
 
 from edge_server.audio import read_audio
 from edge_server.config import load_settings
-from edge_server.partial_policy import PartialConfig, PartialPlanner, ShedGate
+from edge_server.partial_policy import (
+    PartialConfig,
+    PartialJob,
+    PartialPlanner,
+    ShedGate,
+    StablePrefix,
+    common_prefix,
+)
 from edge_server.scheduler import DecodeRequest, Scheduler
 from edge_server.vad import WINDOW
 from edge_server.workers import WorkerConfig, WorkerPool
@@ -267,3 +275,56 @@ def test_live_stream_gets_partials_while_speaking_and_none_in_a_long_pause(tmp_p
     texts = [e["text"] for _, e in partials]
     assert all(e["start"] == partials[0][1]["start"] for _, e in partials)
     assert "nightfall" in texts[-1].lower() and "longer" in texts[-1].lower()
+
+
+def test_stable_prefix_is_what_the_last_two_partials_of_a_window_agree_on():
+    stable = StablePrefix()
+    job = PartialJob(segment_id=0, segment_start=0, start=0, end=8000, commit=False)
+    assert stable.prefix(job) == ()  # nothing decoded yet
+    stable.record(job, (10, 11, 12))
+    assert stable.prefix(job) == ()  # one partial agrees with nothing
+    stable.record(job, (10, 11, 13, 14))
+    assert stable.prefix(job) == (10, 11)
+    stable.record(job, None)  # a dropped partial teaches nothing
+    stable.record(job, (10, 11, 13, 15))
+    assert stable.prefix(job) == (10, 11, 13)  # the last two only
+    # a chunk job gets none (its audio may end before the agreed words) and ends the window
+    chunk = PartialJob(0, 0, 0, 6000, commit=True)
+    assert stable.prefix(chunk) == ()
+    stable.record(chunk, (10, 11))
+    assert stable.prefix(job) == ()
+    # a new window (next chunk, or next segment) starts from nothing
+    stable.record(job, (1, 2))
+    stable.record(job, (1, 2))
+    assert stable.prefix(PartialJob(0, 0, 6000, 9000, commit=False)) == ()
+    assert stable.prefix(PartialJob(1, 9000, 9000, 12000, commit=False)) == ()
+    stable.record(PartialJob(1, 9000, 9000, 12000, commit=False), (3, 4))
+    assert stable.prefix(job) == ()  # the old window is forgotten
+    stable.record(job, (1, 2))
+    stable.record(job, (1, 2))
+    stable.reset()  # a final
+    assert stable.prefix(job) == ()
+
+
+def test_stable_prefix_with_agree_1_is_the_previous_partial_and_3_the_last_three():
+    job = PartialJob(segment_id=0, segment_start=0, start=0, end=8000, commit=False)
+    one, three = StablePrefix(agree=1), StablePrefix(agree=3)
+    for tokens in [(1, 2, 3), (1, 2, 4), (1, 5)]:
+        assert three.prefix(job) == ()
+        one.record(job, tokens)
+        three.record(job, tokens)
+        assert one.prefix(job) == tokens
+    assert three.prefix(job) == (1,)
+    three.record(job, (1, 5, 6))
+    assert three.prefix(job) == (1,)  # (1, 2, 4), (1, 5), (1, 5, 6)
+    three.record(job, (1, 5, 7))
+    assert three.prefix(job) == (1, 5)
+    with pytest.raises(ValueError):
+        StablePrefix(agree=0)
+
+
+def test_common_prefix():
+    assert common_prefix((1, 2, 3), (1, 2, 4, 5)) == (1, 2)
+    assert common_prefix((1, 2), (1, 2, 3)) == (1, 2)
+    assert common_prefix((), (1,)) == ()
+    assert common_prefix((5,), (6,)) == ()
