@@ -88,7 +88,8 @@ class EdgeServer:
                 local_batch=settings.max_batch,
                 deadline_floor_s=settings.batch_deadline_floor_s,
                 deadline_cap_s=settings.batch_deadline_cap_s,
-                deadline_factor=settings.batch_deadline_factor))
+                deadline_factor=settings.batch_deadline_factor,
+                results_ttl_s=settings.queue_results_ttl_s))
         else:
             self.pool = WorkerPool(WorkerConfig(
                 model_ids=self.models, device=settings.device, threads=settings.threads,

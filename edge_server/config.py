@@ -38,6 +38,7 @@ class ServerSettings:
     trusted_proxies: tuple[str, ...] = ()  # reverse proxies whose forwarding headers count
     noop_engine: bool = False  # no inference at all: measures the server's own overhead
     queue: str | None = None  # redis://... : decode through Redis Streams (edge_server/queue)
+    queue_results_ttl_s: float = 60.0  # a dead gateway's result stream expires after this
     max_sessions: int = 64
     max_batch: int = 16
     max_wait_ms: float = 10.0
@@ -126,6 +127,10 @@ def load_settings(path: Path | None, overrides: dict) -> ServerSettings:
     settings = replace(ServerSettings(), **data)
     settings = replace(settings, segmenter=replace(settings.segmenter, **seg))
     check_partial_settings(settings)  # ValueError naming the inconsistent settings
+    ttl = settings.queue_results_ttl_s  # (the gateway refreshes it every third of it)
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl >= 1.0:
+        raise ValueError(f"queue_results_ttl_s must be a number of seconds, at least 1, not "
+                         f"{settings.queue_results_ttl_s!r}")
     return settings
 
 

@@ -2,7 +2,8 @@
 processes fed by it.
 
 `RedisServer.start(password=None)` runs one on a free 127.0.0.1 port (or `host`), no
-persistence (`--save '' --appendonly no`), in a temporary folder; `.url` names it; `.stop()`.
+persistence (`--save '' --appendonly no`), in a temporary folder; `.url` names it (the
+default user), `.url_as(user, password)` an ACL user's URL; `.stop()`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class RedisServer:
         import redis
 
         return redis.Redis.from_url(self.url)
+
+    def url_as(self, user: str, password: str) -> str:
+        """The URL of this server for an ACL user: redis://USER:PASSWORD@host:port/0."""
+        return f"redis://{user}:{password}@{self.host}:{self.port}/0"
 
     @classmethod
     def start(cls, password: str | None = None, host: str = "127.0.0.1",

@@ -7,9 +7,11 @@ rows go next and when; this pool only carries them:
   per live worker; waits while none is live, as the local pool waits while workers
   restart). `run(slot, audios, model, urgent)` XADDs every row as one task (finals stream
   when `urgent`, else partials; streams.py), awaits each row's result from this gateway's
-  result stream, then releases the slot. A row a worker dead-lettered comes back as that
-  row's error (`Decoded.errors`); a crashed worker's rows are claimed by other workers in
-  Redis (XAUTOCLAIM, worker_cli.py), so `run` never raises WorkerCrashed.
+  result stream, then releases the slot (`prefixes=`: partials' forced token prefixes,
+  sent as each task's `pfx`; each result's `tok` comes back as `Decoded.tokens`). A row
+  a worker dead-lettered comes back as that row's error (`Decoded.errors`); a crashed
+  worker's rows are claimed by other workers in Redis (XAUTOCLAIM, worker_cli.py), so `run`
+  never raises WorkerCrashed.
 - Results: one reader task XREADGROUPs `earshot:results:{gateway}`, resolves the row's
   future, then XACKs and XDELs the entry. A result for a request id with no waiting
   future (a late duplicate from a worker presumed dead) is dropped and counted
@@ -17,6 +19,11 @@ rows go next and when; this pool only carries them:
 - Live workers: heartbeat hashes `earshot:worker:*` for a served model, scanned every
   `poll_s`; with them queue length and the oldest task's age (task streams hold only
   unacknowledged tasks: acked ones are deleted).
+- Result stream lifetime: created here with a TTL of `results_ttl_s`, refreshed every
+  `min(poll_s, results_ttl_s / 3)`; workers never create it (XADD NOMKSTREAM), so a
+  SIGKILLed gateway's stream and its late results vanish on their own; `stop()` deletes it
+  at once. Should it vanish while this gateway lives (a stall past the TTL, a flushed
+  Redis), the rows in flight fail as on a lost Redis and the stream is created again.
 - Redis lost (restart, network): every row in flight fails with "decode queue lost"
   (`BatchRejected`: the scheduler retries rows alone, then reports the error), `failed` is
   True (healthz 503 "failed", admission refuses), and the pool reconnects every second,
@@ -32,6 +39,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -69,6 +77,7 @@ class QueueConfig:
     deadline_floor_s: float = 5.0
     deadline_cap_s: float = 20.0
     deadline_factor: float = 4.0
+    results_ttl_s: float = 60.0  # this gateway's result stream expires this long after it dies
 
 
 @dataclass
@@ -138,6 +147,7 @@ class RedisPool:
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+        await self.r.pexpire(self.results, self._ttl_ms)
 
     async def stop(self) -> None:
         self._closing = True
@@ -163,7 +173,8 @@ class RedisPool:
         """Run one local earshot-worker; start it again when it exits (1 s later)."""
         c = self.config
         cmd = [sys.executable, "-m", "edge_server.queue.worker_cli", "--queue", c.url,
-               "--model", model, "--device", c.device, "--batch", str(c.local_batch)]
+               "--model", model, "--device", c.device, "--batch", str(c.local_batch),
+               "--gateway-pid", str(os.getpid())]  # a SIGKILLed gateway leaves none behind
         if c.threads:
             cmd += ["--threads", str(c.threads)]
         if c.noop:
@@ -193,6 +204,7 @@ class RedisPool:
                 continue
             except redis.ResponseError as exc:  # NOGROUP: Redis came back empty
                 log.warning("result stream: %s; re-creating consumer groups", exc)
+                self._fail_all(f"{QUEUE_LOST}: {exc}")  # their results went with the stream
                 await self._reconnect()
                 continue
             ids = []
@@ -215,8 +227,12 @@ class RedisPool:
         error = S.text_field(fields, "err", "") or None
         if error is not None and "dead-lettered" in error:
             self.dead_letters += 1
+        try:
+            tokens = S.decode_ids(fields, "tok")
+        except S.BadTask:
+            tokens = ()
         future.set_result((S.text_field(fields, "text", ""), error,
-                           float(S.text_field(fields, "busy", "0"))))
+                           float(S.text_field(fields, "busy", "0")), tokens))
 
     async def _lose(self, exc: BaseException) -> None:
         if self.lost is None:
@@ -252,11 +268,25 @@ class RedisPool:
 
         while not self._closing:
             try:
+                await self._keep_results()
                 await self._poll()
             except (redis.RedisError, OSError) as exc:
                 if self.lost is None:
                     log.warning("queue watch: %s", exc)
-            await asyncio.sleep(self.config.poll_s)
+            await asyncio.sleep(min(self.config.poll_s, self.config.results_ttl_s / 3))
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.config.results_ttl_s * 1000))
+
+    async def _keep_results(self) -> None:
+        """Refresh the result stream's TTL; if it is gone, fail the rows in flight (their
+        results went with it) and create it again."""
+        if self.lost is None and not await self.r.pexpire(self.results, self._ttl_ms):
+            log.error("result stream %s vanished (expired or flushed); rows in flight fail",
+                      self.results)
+            self._fail_all(f"{QUEUE_LOST}: result stream vanished")
+            await self._create_groups()
 
     async def _poll(self) -> None:
         live: dict[str, dict[str, str]] = {}
@@ -371,7 +401,7 @@ class RedisPool:
             self._cond.notify_all()
 
     async def run(self, slot: Slot, audios: list[np.ndarray], model: str | None = None,
-                  urgent: bool = True) -> Decoded:
+                  urgent: bool = True, prefixes: list[tuple[int, ...]] | None = None) -> Decoded:
         """Send the rows as tasks, await their results, release the slot. Raises
         BatchRejected when Redis is lost (before or while the rows are in flight)."""
         import redis
@@ -386,9 +416,10 @@ class RedisPool:
                 raise BatchRejected(self.lost)
             stream = S.task_stream(model, urgent)
             pipe = self.r.pipeline(transaction=False)
-            for rid, audio, future in zip(rids, audios, futures, strict=True):
+            for i, (rid, audio, future) in enumerate(zip(rids, audios, futures, strict=True)):
                 self._futures[rid] = future
-                pipe.xadd(stream, S.encode_task(self.gateway, rid, model, audio))
+                pipe.xadd(stream, S.encode_task(self.gateway, rid, model, audio,
+                                                prefixes[i] if prefixes else ()))
             try:
                 await pipe.execute()
             except (redis.RedisError, OSError) as exc:
@@ -400,13 +431,14 @@ class RedisPool:
             for rid in rids:
                 self._futures.pop(rid, None)
             await self.release(slot)
-        texts = [t if e is None else "" for t, e, _ in results]
-        errors = [e for _, e, _ in results]
-        busy = sum(b for _, _, b in results)
-        audio_s = sum(len(a) for a, (_, e, _) in zip(audios, results, strict=True)
+        texts = [t if e is None else "" for t, e, *_ in results]
+        errors = [e for _, e, *_ in results]
+        busy = sum(r[2] for r in results)
+        audio_s = sum(len(a) for a, (_, e, *_) in zip(audios, results, strict=True)
                       if e is None) / S.SAMPLE_RATE
         if busy > 0 and audio_s > 0:
             self._measured.append((audio_s, busy))
             self._measured_by_model.setdefault(model, deque(maxlen=SPEED_WINDOW)).append(
                 (audio_s, busy))
-        return Decoded(texts, busy, errors if any(e is not None for e in errors) else None)
+        return Decoded(texts, busy, errors if any(e is not None for e in errors) else None,
+                       tokens=[r[3] for r in results])

@@ -20,6 +20,9 @@ Contract (stream layout and wire format: streams.py):
 - Heartbeat: hash `earshot:worker:{id}` (id, host, pid, model, device, provider, batch,
   speed, started) refreshed every `--heartbeat-s`, expiring after 3 heartbeats: the
   gateway counts live workers from these.
+- A gateway's local worker (`--workers N`: started with `--gateway-pid`, the gateway's pid)
+  stops as on SIGTERM once it is no longer that process's child (checked every heartbeat),
+  so a SIGKILLed gateway leaves none behind.
 - Exit codes: 0 on SIGTERM/SIGINT (finishes its batch first), 2 for bad arguments or an
   unreachable/refusing Redis (wrong password: said at once), 1 when the engine cannot
   load, 3 when Redis goes away while serving (a supervisor such as systemd restarts it).
@@ -49,6 +52,7 @@ from edge_server.queue import streams as S
 log = logging.getLogger("earshot.worker")
 
 SPEED_WINDOW = 50
+PRUNE_EVERY_S = 60.0  # how often a worker looks for consumers of workers that are gone
 MIN_MEASURED = 3
 
 
@@ -69,6 +73,7 @@ class RemoteWorker:
         self._deadline_at = 0.0
         self._measured: deque[tuple[float, float]] = deque(maxlen=SPEED_WINDOW)
         self._last_claim = 0.0
+        self._last_prune = 0.0
         self.started = time.time()
         from edge_server.worker_main import _fault
 
@@ -110,6 +115,10 @@ class RemoteWorker:
         key = S.worker_key(self.id)
         ttl_ms = int(self.args.heartbeat_s * 3000)
         while not self.stop.is_set():
+            if self.args.gateway_pid and os.getppid() != self.args.gateway_pid:
+                log.warning("worker %s: the gateway that started it is gone; stopping", self.id)
+                self.stop.set()  # (a gateway restarted after SIGKILL starts its own)
+                break
             try:
                 client.pipeline().hset(key, mapping=self.heartbeat_info()).pexpire(
                     key, ttl_ms).execute()
@@ -140,6 +149,10 @@ class RemoteWorker:
 
         try:
             while not self.stop.is_set():
+                if time.monotonic() - self._last_prune >= min(PRUNE_EVERY_S,
+                                                               self.args.prune_after_s):
+                    self._last_prune = time.monotonic()
+                    self._prune_consumers()
                 if time.monotonic() - self._last_claim >= self.args.claim_check_s:
                     self._last_claim = time.monotonic()
                     if self._claim():
@@ -203,6 +216,25 @@ class RemoteWorker:
                     self._decode(stream, [(eid, fields)])  # alone: it may be the poison
         return found
 
+    def _prune_consumers(self) -> int:
+        """Delete the group's consumers left by workers that are gone: no heartbeat key, no
+        pending task, idle past --prune-after-s (each start of a worker adds a consumer under
+        a new id, so restarts would otherwise pile them up). Never touches a consumer that
+        holds a task (its tasks are claimed first). Returns how many were deleted."""
+        deleted = 0
+        idle_ms = int(self.args.prune_after_s * 1000)
+        for stream in self.streams:
+            for consumer in self.r.xinfo_consumers(stream, S.GROUP):
+                name = consumer["name"]
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                if (name == self.id or consumer["pending"] or consumer["idle"] < idle_ms
+                        or self.r.exists(S.worker_key(name))):
+                    continue
+                self.r.xgroup_delconsumer(stream, S.GROUP, name)
+                deleted += 1
+                log.info("worker %s removed the stale consumer %s of %s", self.id, name, stream)
+        return deleted
+
     def _dead_letter(self, stream: str, eid, fields: dict, deliveries: int) -> None:
         from edge_server.scheduler import CRASHED_TWICE
 
@@ -216,7 +248,7 @@ class RemoteWorker:
         pipe.xadd(S.dead_stream(self.model), letter, maxlen=1000, approximate=True)
         if gw and rid:
             pipe.xadd(S.result_stream(gw), S.encode_result(rid, self.id, error=error),
-                      maxlen=100_000, approximate=True)
+                      maxlen=100_000, approximate=True, nomkstream=True)  # streams.py: TTL
         pipe.xack(stream, S.GROUP, eid).xdel(stream, eid).execute()
         log.error("task %s of %s dead-lettered: %s", rid, gw, error)
 
@@ -224,7 +256,9 @@ class RemoteWorker:
         rows: list[tuple[bytes, dict, np.ndarray | None, str | None]] = []
         for eid, fields in entries:
             try:
-                rows.append((eid, fields, S.decode_audio(fields), None))
+                audio = S.decode_audio(fields)
+                S.decode_ids(fields, "pfx")  # a bad prefix fails its row alone
+                rows.append((eid, fields, audio, None))
             except (S.BadTask, ValueError) as exc:
                 rows.append((eid, fields, None, f"bad task: {exc}"))
         good = [r for r in rows if r[2] is not None]
@@ -235,14 +269,16 @@ class RemoteWorker:
         texts: dict[bytes, tuple[str | None, str | None]] = {
             r[0]: (None, r[3]) for r in rows if r[2] is None}
         busy = 0.0
+        tokens: dict[bytes, tuple[int, ...]] = {}
         if good:
             audios = [r[2] for r in good]
             started = time.perf_counter()
             try:
                 self._inject_fault(audios)
-                out = self.engine.transcribe_batch(audios)
+                out = self.engine.decode_batch(audios, [S.decode_ids(r[1], "pfx") for r in good])
                 busy = time.perf_counter() - started
-                texts.update({r[0]: (t, None) for r, t in zip(good, out, strict=True)})
+                texts.update({r[0]: (t.text, None) for r, t in zip(good, out, strict=True)})
+                tokens.update({r[0]: t.tokens for r, t in zip(good, out, strict=True)})
                 self._measured.append((audio_s, busy))
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -252,16 +288,23 @@ class RemoteWorker:
                     return
                 texts[good[0][0]] = (None, error)
         pipe = self.r.pipeline()
+        asked: list[str] = []  # the gateway of each result added, in order
         for eid, fields, audio, _ in rows:
             gw, rid = S.text_field(fields, "gw", ""), S.text_field(fields, "rid", "")
             text, error = texts[eid]
             share = busy * len(audio) / S.SAMPLE_RATE / audio_s if audio is not None and \
                 audio_s > 0 else 0.0
             if gw and rid:
-                pipe.xadd(S.result_stream(gw), S.encode_result(rid, self.id, text, error, share),
-                          maxlen=100_000, approximate=True)
+                pipe.xadd(S.result_stream(gw), S.encode_result(rid, self.id, text, error, share,
+                                                               tokens.get(eid, ())),
+                          maxlen=100_000, approximate=True, nomkstream=True)  # streams.py
+                asked.append(gw)
         ids = [r[0] for r in rows]
-        pipe.xack(stream, S.GROUP, *ids).xdel(stream, *ids).execute()  # after the results
+        replies = pipe.xack(stream, S.GROUP, *ids).xdel(stream, *ids).execute()  # after results
+        gone = sorted({gw for gw, reply in zip(asked, replies, strict=False) if reply is None})
+        if gone:  # NOMKSTREAM added nothing: that gateway's result stream expired (it died)
+            log.info("worker %s: gateway(s) %s gone; their results dropped", self.id,
+                     ", ".join(gone))
         with self._lock:
             self._inflight = {}
 
@@ -298,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="heartbeat period; the worker counts as gone after 3 missed (2)")
     p.add_argument("--claim-idle-s", type=float, default=3.0,
                    help="a task idle this long past its worker's deadline is claimed (3)")
+    p.add_argument("--prune-after-s", type=float, default=600.0,
+                   help="delete consumers of workers gone (no heartbeat, no pending task) "
+                        "idle this long (default 600)")
     p.add_argument("--claim-check-s", type=float, default=1.0,
                    help="how often to look for such tasks (1)")
     p.add_argument("--poison-cap", type=int, default=2,
@@ -306,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline-cap-s", type=float, default=20.0)
     p.add_argument("--deadline-factor", type=float, default=4.0)
     p.add_argument("--block-ms", type=float, default=500.0, help=argparse.SUPPRESS)
+    p.add_argument("--gateway-pid", type=int, help=argparse.SUPPRESS)  # its local worker
     p.add_argument("--noop-engine", action="store_true",
                    help="no inference (measures the queue's own overhead)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -320,6 +367,12 @@ def connect(url: str):
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
         client.ping()
+        check_access(client)
+    except redis.exceptions.NoPermissionError as exc:  # an ACL user lacking a key or command
+        user = urlsplit(url).username or "default"
+        raise ValueError(f"Redis at {S.redact(url)}: user '{user}' lacks a permission Earshot "
+                         f"needs ({exc}); grant the ACL of docs/scale-out.md, \"ACL user\"") \
+            from None
     except redis.AuthenticationError as exc:
         what = "refused the password" if urlsplit(url).password else "needs a password"
         raise ValueError(f"Redis at {S.redact(url)} {what}: {exc}") from None
@@ -330,6 +383,48 @@ def connect(url: str):
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise ValueError(f"cannot reach Redis at {S.redact(url)}: {exc}") from None
     return client
+
+
+def check_access(client) -> None:
+    """Send each of `S.COMMANDS` once, on scratch keys `earshot:probe:*` (deleted after, with
+    a 60 s TTL meanwhile), so that an ACL user lacking one fails at start with
+    redis.NoPermissionError naming it, not later mid-stream. Raises what Redis raised."""
+    import redis
+
+    key = S.probe_key(uuid.uuid4().hex[:12])
+    stream, beat, group = f"{key}:tasks", f"{key}:beat", "probe"
+    try:
+        client.hset(beat, mapping={"probe": "1"})
+        client.pexpire(beat, 60_000)
+        client.hgetall(beat)
+        try:  # MULTI/EXEC: a refused one surfaces as a plain error of the transaction
+            client.pipeline().hgetall(beat).pexpire(beat, 60_000).execute()
+        except redis.ResponseError as exc:
+            if "NOPERM" not in str(exc) and "without MULTI" not in str(exc):
+                raise
+            raise redis.exceptions.NoPermissionError(
+                f"transactions (MULTI, EXEC) refused: {exc}") from None
+        eid = client.xadd(stream, {"probe": "1"}, maxlen=10, approximate=True)
+        client.pexpire(stream, 60_000)
+        client.xadd(stream, {"probe": "2"}, maxlen=10, approximate=True, nomkstream=True)
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+        client.xreadgroup(group, "probe", {stream: ">"}, count=1)
+        client.xpending_range(stream, group, min="-", max="+", count=1)
+        client.xclaim(stream, group, "probe", 0, [eid], justid=True)
+        client.xautoclaim(stream, group, "probe", 0, "0-0", count=1)
+        client.xlen(stream)
+        client.xrange(stream, count=1)
+        client.xack(stream, group, eid)
+        client.xdel(stream, eid)
+        client.scan(0, match=S.WORKER_PATTERN, count=10)
+        client.exists(beat)
+        client.xinfo_consumers(stream, group)
+        client.xgroup_delconsumer(stream, group, "probe")
+    except BaseException:
+        with contextlib.suppress(Exception):  # (the TTL clears them if DEL is refused too)
+            client.delete(stream, beat)
+        raise
+    client.delete(stream, beat)
 
 
 def main(argv: list[str] | None = None) -> int:
