@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from loadtest.level import run_level
 from loadtest.local_server import LocalServer
-from loadtest.modes.sweep import holds
+from loadtest.modes.sweep import holds, wait_idle
 from loadtest.speech import Clip, build_scripts
 from loadtest.target import Target
 
@@ -32,22 +32,11 @@ ROW_KEYS = ("streams", "admitted", "refused_503", "rate_limited_429", "failed",
             "send_lag_p95_s", "throughput_x", "wall_s", "errors")
 
 
-def wait_idle(server: LocalServer, timeout_s: float = 60.0) -> None:
-    """Until the server holds no session (the previous level's streams have ended)."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        sessions = server.health().get("sessions")
-        active = sessions.get("active") if isinstance(sessions, dict) else sessions
-        if not active:
-            return
-        time.sleep(0.2)
-
-
 def run_streams(server: LocalServer, clips: list[Clip], n: int, seconds: float, seed: int,
                 wer_bound: float = 0.5) -> dict:
     """One level: `n` real-time streams (seed: utterance order) against `server`; the
     level row trimmed to ROW_KEYS."""
-    wait_idle(server)
+    wait_idle(server, timeout_s=60.0, poll_s=0.2)
     target = Target(server.url, server=server)
     scripts = build_scripts(clips, n, seconds, seed=seed)
     row = run_level(target, scripts, partials=True, stagger_s=0.05, wer_bound=wer_bound)

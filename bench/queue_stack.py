@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from loadtest.local_server import LocalServer
+from loadtest.local_server import LocalServer, stop_process
 
 
 class RedisMissing(RuntimeError):
@@ -70,13 +70,7 @@ class Redis:
         return redis.Redis.from_url(self.url, socket_connect_timeout=5)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout_s=10)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -148,13 +148,7 @@ class LocalServer:
         """Signal the server (SIGTERM: a graceful drain), wait, kill after `timeout_s`."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig, timeout_s)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -165,3 +159,16 @@ class LocalServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM,
+                 timeout_s: float = 60.0) -> int:
+    """Signal a process, wait for it (kill it after `timeout_s`), return its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

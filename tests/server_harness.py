@@ -53,14 +53,9 @@ class ServerProcess:
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
     """Signal a process, wait for it (kill it after `timeout`), return its exit code."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    from loadtest.local_server import stop_process as stop
+
+    return stop(proc, sig, timeout)
 
 
 def pinned_context(cert_path: str) -> ssl.SSLContext:

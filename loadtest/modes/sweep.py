@@ -38,7 +38,7 @@ def measure(ctx: Context, n: int) -> dict:
         target = ctx.open(max_sessions=1000)
         try:
             if target.server is None:
-                _wait_idle(target)
+                wait_idle(target)
             scripts = build_scripts(ctx.clips, n, a.seconds, seed=a.seed + 1000 * r)
             ctx.progress.stage(f"sweep {n} streams, run {r + 1}/{a.repeats}",
                                sum(s.seconds for s in scripts))
@@ -52,14 +52,16 @@ def measure(ctx: Context, n: int) -> dict:
     return level
 
 
-def _wait_idle(target, timeout_s: float = 120.0) -> None:
+def wait_idle(target, timeout_s: float = 120.0, poll_s: float = 1.0) -> None:
+    """Until the server (anything with `.health()`) holds no session: the previous level's
+    streams have ended. Returns after `timeout_s` regardless."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         sessions = target.health().get("sessions")
         active = sessions.get("active") if isinstance(sessions, dict) else sessions
         if not active:
             return
-        time.sleep(1.0)
+        time.sleep(poll_s)
 
 
 def run(ctx: Context) -> dict:
