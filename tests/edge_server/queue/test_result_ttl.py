@@ -102,8 +102,8 @@ def test_a_stream_that_vanishes_under_a_live_gateway_is_created_again(redis_and_
         assert _wait(lambda: client.exists(stream), 5)
         assert [g["name"] for g in client.xinfo_groups(stream)] == [S.RESULT_GROUP.encode()]
         assert 0 < client.pttl(stream) <= TTL_S * 1000
-        assert any("vanished" in line or "re-creating consumer groups" in line
-                   for line in server.log), server.log
+        assert _wait(lambda: any("vanished" in line or "re-creating consumer groups" in line
+                                 for line in server.log), 5), server.log  # (read by a thread)
         assert server.health()["status"] == "ready"
     finally:
         assert server.stop() == 0
