@@ -51,6 +51,17 @@ class ServerProcess:
         return stop_process(self.proc, sig, timeout)
 
 
+def wait_until(check, timeout: float, poll_s: float = 0.1):
+    """Call `check` until it returns something truthy or `timeout` passes; its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(poll_s)
+    return check()
+
+
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
     """Signal a process, wait for it (kill it after `timeout`), return its exit code."""
     from loadtest.local_server import stop_process as stop

@@ -6,11 +6,12 @@ import argparse
 import json
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from desktop.commands.transcribe_cmd import add_engine_options
 from edge_server.engine import create_engine
-from edge_server.evaluation import read_references, word_error_rate
+from edge_server.evaluation import normalize, read_references, word_error_rate
 from edge_server.file_transcriber import FileTranscriber
 
 
@@ -20,6 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", dest="sets", metavar="NAME",
                    help="only rows of this set (repeatable)")
     p.add_argument("--limit", type=int, help="at most this many rows")
+    p.add_argument("--audio-dir", type=Path, metavar="DIR",
+                   help="resolve the TSV's paths against DIR instead of the TSV's folder")
+    p.add_argument("--show-errors", action="store_true",
+                   help="also list each utterance whose normalised text differs")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     add_engine_options(p)
     p.set_defaults(func=run)
@@ -27,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     refs = read_references(args.tsv)
+    if args.audio_dir:
+        tsv_dir = args.tsv.parent
+        refs = [replace(r, path=args.audio_dir / r.path.relative_to(tsv_dir)) for r in refs]
     if args.sets:
         refs = [r for r in refs if r.set in args.sets]
     refs = refs[: args.limit] if args.limit else refs
@@ -40,12 +48,16 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - started
     by_set: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
     failed = 0
+    errors: list[dict] = []  # utterances whose normalised text differs (--show-errors)
     for ref, res in zip(refs, results, strict=True):
         if res.transcript is None:
             failed += 1
             print(f"earshot: error: {res.error}")
             continue
         by_set[ref.set].append((ref.transcript, res.transcript.text, res.transcript.duration))
+        if normalize(ref.transcript) != normalize(res.transcript.text):
+            errors.append({"path": str(ref.path), "reference": normalize(ref.transcript),
+                           "hypothesis": normalize(res.transcript.text)})
     report: dict = {"model": engine.model_id, "provider": engine.provider, "sets": {}}
     rows = []
     for name, items in [*sorted(by_set.items()), ("ALL", [i for v in by_set.values() for i in v])]:
@@ -58,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     report["wall_s"] = wall
     report["rtf"] = wall / total_audio if total_audio else None
     report["failed"] = failed
+    if args.show_errors:
+        report["errors"] = errors
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -68,4 +82,6 @@ def run(args: argparse.Namespace) -> int:
         rtf = report["rtf"]
         print(f"audio {total_audio:.1f} s, wall {wall:.2f} s, real-time factor "
               f"{rtf:.4f} ({1 / rtf:.1f}x faster than real time)" if rtf else "no audio")
+        for e in report.get("errors", ()):
+            print(f"{e['path']}\n  ref: {e['reference']}\n  hyp: {e['hypothesis']}")
     return 1 if failed else 0

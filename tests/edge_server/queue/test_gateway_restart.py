@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import pytest
 
@@ -17,7 +16,7 @@ from edge_server.evaluation import word_error_rate
 from edge_server.queue import streams as S
 from tests.conftest import DEV, dev_rows, speech_with_pauses
 from tests.redis_server import RedisServer, start_worker
-from tests.server_harness import start_server, stream_audio
+from tests.server_harness import start_server, stream_audio, wait_until
 
 ROWS = dev_rows(("pocketsphinx-testdata",))[:6]
 MODEL = "moonshine-tiny-en"
@@ -47,12 +46,7 @@ def _in_redis(client) -> int:
 
 
 def _wait(check, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.1)
-    return bool(check())
+    return bool(wait_until(check, timeout, 0.1))
 
 
 def _transcribes_right(server, rows) -> None:

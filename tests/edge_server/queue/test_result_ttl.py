@@ -14,7 +14,7 @@ import pytest
 
 from edge_server.queue import streams as S
 from tests.redis_server import RedisServer, start_worker
-from tests.server_harness import start_server
+from tests.server_harness import start_server, wait_until
 
 TTL_S = 2.0
 MODEL = "noop"
@@ -39,12 +39,7 @@ def short_ttl(tmp_path):
 
 
 def _wait(check, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.05)
-    return bool(check())
+    return bool(wait_until(check, timeout, 0.05))
 
 
 def test_a_killed_gateways_stream_expires_and_late_results_do_not_revive_it(

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from edge_server.queue import streams as S
 from tests.redis_server import RedisServer, start_worker
-from tests.server_harness import start_server
+from tests.server_harness import start_server, wait_until
 
 POISON = {"EARSHOT_WORKER_FAULT": "crash-if-peak-above=0.999"}
 MODEL = "noop"
@@ -27,13 +26,7 @@ def redis_auth():
 
 
 def _wait(check, timeout: float = 20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    return check()
+    return wait_until(check, timeout)
 
 
 def test_a_task_that_kills_workers_twice_is_dead_lettered_and_its_gateway_told(redis_auth):
