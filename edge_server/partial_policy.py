@@ -22,9 +22,10 @@ partials never change a final's text; a partial's text may differ from it (chunk
 
 `StablePrefix` (one per session) makes a partial cheaper to decode: the tokens the last
 `agree` partials of the same audio window (same segment, same chunk start) agree on, their
-longest common prefix (LocalAgreement-n; n = 2 as whisper_streaming), are given as a prefix
-to the next partial's decode (one prefill call instead of one decoder step per token; the
-engine verifies it as a draft, so the text is unchanged: docs/engine.md). It is reset by a
+longest common prefix, are given as a draft prefix to the next partial's decode (one
+prefill call instead of one decoder step per token; the engine verifies the draft, so the
+text is unchanged: docs/engine.md). The server uses agree = 1 (the previous partial):
+forcing an unverified LocalAgreement-2 prefix was measured and dropped (docs/benchmarks.md). It is reset by a
 new window (new segment, or a chunk committed) and at every final. Chunk jobs (`commit`)
 get no prefix: their audio ends at a pause, possibly before words the previous partials
 agreed on (which, forced, would be committed twice). Finals and clips never get one.
@@ -182,7 +183,7 @@ class StablePrefix:
     prefix). `prefix(job)` before a job is sent; `record(job, tokens)` with its decoded
     tokens; `reset()` at a final. ValueError for agree < 1."""
 
-    def __init__(self, agree: int = 2) -> None:
+    def __init__(self, agree: int = 1) -> None:
         if agree < 1:
             raise ValueError("agree must be at least 1")
         self.agree = agree

@@ -451,7 +451,7 @@ class Scheduler:
             extra = {}  # a queue pool sends finals and partials down separate streams
             if getattr(self.pool, "prioritized", False):
                 extra["urgent"] = any(r.kind != "partial" for r in batch)
-            if any(r.prefix for r in batch):  # partials' stable prefixes (LocalAgreement)
+            if any(r.prefix for r in batch):  # partials' draft prefixes (verified)
                 extra["prefixes"] = [r.prefix for r in batch]
             decoded = await self.pool.run(worker, [r.audio for r in batch], batch[0].model,
                                           **extra)

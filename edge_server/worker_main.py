@@ -3,7 +3,7 @@
 The worker loads every model it is given (one engine each, all in this process; the
 first is the default). Messages parent -> child: ("batch", batch_id, [float32 arrays],
 model_id or None for the default[, prefixes]) or ("stop",); `prefixes`: None or one tuple
-of token ids per row, forced at the row's start (AsrEngine.decode_batch; partials).
+of token ids per row, a draft the engine verifies (AsrEngine.decode_batch; partials).
 Child -> parent: ("ready", info) with info["models"] listing the loaded ids and
 info["model"] the default, ("result", batch_id, texts, busy_seconds, tokens) with each
 row's token ids (tuples; empty for an engine without tokens), ("error", batch_id,

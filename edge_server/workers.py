@@ -28,7 +28,7 @@ worker, never on the loop.
   model)`), one model per batch. Speed and deadlines are measured per model (`speed(model)`;
   `speed()` over all batches).
 `acquire()` reserves an idle worker, `run(worker, audios, model)` decodes on it and
-releases it. `run(..., prefixes=)` forces a token prefix per row (partials: see
+releases it. `run(..., prefixes=)` gives a draft token prefix per row (partials: see
 AsrEngine.decode_batch); every result carries each row's tokens (`Decoded.tokens`).
 All methods must be called from the event loop's thread.
 """
@@ -355,7 +355,7 @@ class WorkerPool:
                   model: str | None = None,
                   prefixes: list[tuple[int, ...]] | None = None) -> Decoded:
         """Decode on a reserved worker with `model` (None: the default), then release it.
-        `prefixes`: None or a forced token prefix per row (AsrEngine.decode_batch).
+        `prefixes`: None or a draft token prefix per row (AsrEngine.decode_batch).
         Raises WorkerCrashed/BatchRejected (also for a model the workers did not load)."""
         batch_id = next(self._batch_ids)
         model = model or self.default_model

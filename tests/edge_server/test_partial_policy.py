@@ -278,7 +278,7 @@ def test_live_stream_gets_partials_while_speaking_and_none_in_a_long_pause(tmp_p
 
 
 def test_stable_prefix_is_what_the_last_two_partials_of_a_window_agree_on():
-    stable = StablePrefix()
+    stable = StablePrefix(agree=2)
     job = PartialJob(segment_id=0, segment_start=0, start=0, end=8000, commit=False)
     assert stable.prefix(job) == ()  # nothing decoded yet
     stable.record(job, (10, 11, 12))
