@@ -28,7 +28,8 @@ text is unchanged: docs/engine.md). The server uses agree = 1 (the previous part
 forcing an unverified LocalAgreement-2 prefix was measured and dropped (docs/benchmarks.md).
 It is reset by a new window (new segment, or a chunk committed) and at every final. Chunk
 jobs (`commit`) get no prefix: their audio ends at a pause, possibly before words the
-previous partials agreed on (which, forced, would be committed twice). Finals and clips never get one.
+previous partials agreed on (which, forced, would be committed twice). Finals and clips
+never get one.
 
 `ShedGate` is load shedding with hysteresis: on when the measured lateness exceeds
 `on_above_s`, off only once it has stayed below `off_below_s` for `hold_s` (measured on
