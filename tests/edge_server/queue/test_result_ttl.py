@@ -127,3 +127,16 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"  # (a zombie waits for init to reap it)
     except FileNotFoundError:
         return False
+
+
+def test_on_defaults_the_result_stream_lives_a_minute_past_its_gateway(redis_and_worker):
+    """No config file: the default `queue_results_ttl_s` (60 s) is set on the stream."""
+    redis, _ = redis_and_worker
+    client = redis.client()
+    server = start_server("--queue", redis.url, "--noop-engine")
+    try:
+        stream = S.result_stream(server.health()["queue"]["gateway"])
+        assert 50_000 < client.pttl(stream) <= 60_000
+    finally:
+        assert server.stop() == 0
+    assert not client.exists(stream)  # a clean stop deletes it at once
