@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.models_env import default_dev_dir
+from bench.models_env import default_dev_dir, default_models_dir
 from edge_server.audio import read_audio
 from edge_server.engine import create_engine
 from edge_server.engine.costmodel import fit_step_cost
@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fit-seconds", default="1,4,10", help="utterance lengths timed by --fit")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
+    os.environ.setdefault("EARSHOT_MODELS_DIR", default_models_dir())
 
     engine = create_engine(args.model, device=args.device, threads=args.threads,
                            form=args.form)

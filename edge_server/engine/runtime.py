@@ -60,6 +60,25 @@ def default_threads() -> int:
     return max(1, min(8, cores))
 
 
+_cuda_libraries_preloaded = False
+
+
+def preload_cuda_libraries(ort) -> None:
+    """Load the CUDA and cuDNN libraries of NVIDIA's pip packages (`nvidia-*-cu13`, what
+    `pip install 'onnxruntime-gpu[cuda,cudnn]'` brings), so the CUDA provider finds them
+    without LD_LIBRARY_PATH. Once per process; a no-op for CPU builds (no CUDA version) and
+    where the libraries come from the system instead. Not thread-safe: call it before
+    creating sessions from several threads."""
+    global _cuda_libraries_preloaded
+    if _cuda_libraries_preloaded or not hasattr(ort, "preload_dlls"):
+        return
+    _cuda_libraries_preloaded = True
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # a missing or partial CUDA install: session creation says so
+        log.debug("onnxruntime.preload_dlls: %s", exc)
+
+
 @dataclass
 class SessionFactory:
     """Creates sessions on one device with one thread setting.
@@ -109,6 +128,7 @@ class SessionFactory:
         providers: list = ["CPUExecutionProvider"]
         if self.device in ("auto", "cuda") and self.cuda_listed():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.cuda_device_id}))
+            preload_cuda_libraries(ort)
         try:
             session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -117,8 +137,9 @@ class SessionFactory:
         if self.device == "cuda" and actual != "CUDAExecutionProvider":
             raise EngineError(
                 "device 'cuda' requested but CUDA is not usable here (session runs on "
-                f"{actual}); install earshot[gpu] with a working CUDA 12 runtime, "
-                "or use --device cpu"
+                f"{actual}); install earshot[gpu] with a working CUDA 13 runtime and "
+                "cuDNN 9 (onnxruntime-gpu 1.28 is built for them: pip install "
+                "'onnxruntime-gpu[cuda,cudnn]' brings both), or use --device cpu"
             )
         log.debug("session %s on %s", path.name, actual)
         return session

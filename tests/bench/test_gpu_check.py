@@ -40,3 +40,22 @@ def test_failing_steps_are_reported_and_set_the_exit_status(tmp_path):
     table = gpu_check.markdown(steps, dry=False)
     assert "| throughput m on cuda | FAILED: boom | 2 s |" in table
     assert "Dry run" not in table
+
+
+def test_a_spent_budget_reports_every_step_as_not_run_and_reports_each_at_once(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    seen = []
+    steps = gpu_check.check(sys.executable, gpu_check.Plan.lease(),
+                            ["moonshine-tiny-en", "moonshine-base-en"], tmp_path, dry=False,
+                            budget=gpu_check.Budget(0), on_step=lambda s: seen.append(len(s)))
+    assert seen == list(range(1, len(steps) + 1))
+    names = [s.name for s in steps]
+    assert names[:3] == ["environment", "CUDA tests (pytest -m cuda)",
+                         "throughput moonshine-tiny-en on cuda"]
+    assert "streams moonshine-base-en on cpu" in names
+    assert names[-1] == "cost model moonshine-base-en on cuda"  # the lease plan fits last
+    assert all(not s.ok and s.detail.startswith("not run") for s in steps)
