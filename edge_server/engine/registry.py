@@ -98,11 +98,16 @@ def create_engine(model_id: str | None = None, device: str = "auto",
     target = "cuda" if device == "cuda" or (device == "auto" and factory.cuda_listed()) else "cpu"
     try:
         chosen = resolve_form(spec.id, form, target)
-    except EngineError:  # the store says this form is not for `target`: say why, with the fix
+    except EngineError as exc:  # the store says this form is not for `target`
         if form is None or target == "cpu":
             raise
-        check_device(spec.id, resolve_form(spec.id, form, "cpu"), target)
-        raise
+        if device == "auto":  # a CPU-only form asked for by name: 'auto' means CPU then
+            log.warning("%s; running on CPU", exc)
+            target, factory = "cpu", SessionFactory(device="cpu", threads=threads)
+            chosen = resolve_form(spec.id, form, "cpu")
+        else:  # say why, with the fix
+            check_device(spec.id, resolve_form(spec.id, form, "cpu"), target)
+            raise
     if device == "auto" and target == "cuda":
         try:
             check_device(spec.id, chosen, "cuda")

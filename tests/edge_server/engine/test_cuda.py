@@ -4,6 +4,7 @@ they rely on (IO-bound outputs, placement) is checked on CPU here too."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from edge_server.engine import EngineError, create_engine
@@ -103,3 +104,15 @@ def test_int8_form_is_refused_on_cuda_and_auto_says_cpu():
         create_engine("moonshine-tiny-en", device="cuda", form=int8_form("moonshine-tiny-en"))
     eng = create_engine("moonshine-tiny-en", device="auto", form=int8_form("moonshine-tiny-en"))
     assert eng.device == "cpu"
+
+
+def test_auto_with_a_cpu_only_form_runs_on_cpu_where_cuda_is_listed(monkeypatch):
+    """Found on a GPU (bench/gpu_check, 2026-11-30): with onnxruntime-gpu, 'auto' picked
+    CUDA for the int8 form asked for by name and raised instead of running on the CPU. Here
+    the CUDA listing is what cannot exist without a GPU build; the rest is real."""
+    from edge_server.engine.runtime import SessionFactory
+
+    monkeypatch.setattr(SessionFactory, "cuda_listed", lambda self: True)
+    eng = create_engine("moonshine-tiny-en", device="auto", form=int8_form("moonshine-tiny-en"))
+    assert eng.device == "cpu" and eng.form == int8_form("moonshine-tiny-en")
+    assert isinstance(eng.transcribe(np.zeros(16000, np.float32)), str)
