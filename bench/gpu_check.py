@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -122,7 +123,12 @@ def run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int, s
     return rc, out, time.perf_counter() - start
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def tail(text: str, lines: int = 3) -> str:
+    """The last `lines` lines of a step's output, on one line, without terminal colours."""
+    text = ANSI_ESCAPE.sub("", text)
     return " / ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
@@ -174,8 +180,9 @@ def check(py: str, plan: Plan, models: list[str], workdir: Path, dry: bool,
                               "--fit-seconds", plan.fit_seconds, "--json", str(out_json)],
                              limit)
             data = json.loads(out_json.read_text()) if rc == 0 and out_json.exists() else {}
-            return Step(f"cost model {model} on {plan.fit_device}", rc == 0, t, tail(out, 1),
-                        data)
+            fitted = [line for line in out.splitlines() if "StepCost(" in line]
+            return Step(f"cost model {model} on {plan.fit_device}", rc == 0, t,
+                        fitted[-1].strip() if fitted else tail(out, 1), data)
         return body
 
     def throughput(model: str, device: str) -> Callable[[float], Step]:

@@ -45,10 +45,11 @@ COSTS: dict[tuple[str, ...], StepCost] = {
     ("moonshine-tiny-en", "cpu"): StepCost(6.11, 0.520, 0.00275, note="float form, load ~3"),
     ("moonshine-tiny-en", "cpu", "int8"): StepCost(1.65, 0.41, 0.0025, note="int8 .ort, quiet"),
     ("moonshine-base-en", "cpu"): StepCost(11.14, 0.919, 0.00630, note="float form, load ~3"),
-    # GPU: one kernel launch sequence per step dominates and rows are nearly free; these are
-    # guesses with that shape until bench/gpu_check.py fits them on a real GPU.
-    ("moonshine-tiny-en", "cuda"): StepCost(1.5, 0.01, 0.0001, measured=False),
-    ("moonshine-base-en", "cuda"): StepCost(2.5, 0.02, 0.0002, measured=False),
+    # GPU: fitted by bench/gpu_check.py --plan lease on one NVIDIA H200 (onnxruntime-gpu
+    # 1.28, 2026-11-30; docs/benchmarks.md "GPU"): the launch sequence of a step dominates,
+    # rows are nearly free and the encoder length did not show (fitted as 0).
+    ("moonshine-tiny-en", "cuda"): StepCost(4.2448, 0.056, 0.0, note="float form, H200"),
+    ("moonshine-base-en", "cuda"): StepCost(5.4277, 0.0713, 0.0, note="float form, H200"),
 }
 FALLBACK = COSTS[("moonshine-tiny-en", "cpu")]
 
