@@ -5,8 +5,8 @@ One greedy decoder step over a batch costs about
 pays cross-attention over the longest encoder output of its group, every extra group pays
 the fixed per-step cost again. `plan_groups` splits a batch into contiguous (by length)
 groups minimising that modelled time. The constants are fitted by
-`python -m bench.engine_throughput --fit` (least squares over timed steps); GPU constants
-stay `measured=False` placeholders until `bench/gpu_check.py` has run on a GPU.
+`python -m bench.engine_throughput --fit` (least squares over timed steps); the CUDA ones
+by `bench/gpu_check.py` on an H200. `measured=False` marks a constant that is a guess.
 
 Pure functions and frozen data; thread-safe.
 """
