@@ -7,8 +7,11 @@ created session, never from `get_available_providers()`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -60,21 +63,19 @@ def default_threads() -> int:
     return max(1, min(8, cores))
 
 
-_cuda_libraries_preloaded = False
-
-
+@functools.cache
 def preload_cuda_libraries(ort) -> None:
     """Load the CUDA and cuDNN libraries of NVIDIA's pip packages (`nvidia-*-cu13`, what
     `pip install 'onnxruntime-gpu[cuda,cudnn]'` brings), so the CUDA provider finds them
-    without LD_LIBRARY_PATH. Once per process; a no-op for CPU builds (no CUDA version) and
-    where the libraries come from the system instead. Not thread-safe: call it before
-    creating sessions from several threads."""
-    global _cuda_libraries_preloaded
-    if _cuda_libraries_preloaded or not hasattr(ort, "preload_dlls"):
+    without LD_LIBRARY_PATH. Once per process (a second concurrent call is harmless); a
+    no-op for CPU builds (no CUDA version) and where the libraries come from the system.
+    onnxruntime prints what it could not load; that goes to stderr, never into stdout,
+    which `earshot transcribe` keeps for the transcript."""
+    if not hasattr(ort, "preload_dlls"):
         return
-    _cuda_libraries_preloaded = True
     try:
-        ort.preload_dlls()
+        with contextlib.redirect_stdout(sys.stderr):
+            ort.preload_dlls()
     except Exception as exc:  # a missing or partial CUDA install: session creation says so
         log.debug("onnxruntime.preload_dlls: %s", exc)
 

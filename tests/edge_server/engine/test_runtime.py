@@ -29,3 +29,24 @@ def test_auto_falls_back_to_cpu_and_says_so(engine):
 def test_vad_model_is_not_an_asr_engine():
     with pytest.raises(EngineError, match="is a vad model"):
         create_engine("silero-vad")
+
+
+def test_preloading_cuda_libraries_keeps_onnxruntimes_complaints_off_stdout(capsys):
+    """onnxruntime-gpu's preload_dlls prints the libraries it could not load; stdout is
+    the transcript's (`earshot transcribe`), so those lines go to stderr. The GPU build
+    cannot be installed beside the CPU one here: a stand-in module plays it."""
+    from edge_server.engine.runtime import preload_cuda_libraries
+
+    calls = []
+
+    class FakeOnnxruntimeGpu:
+        @staticmethod
+        def preload_dlls():
+            calls.append(1)
+            print("Failed to load libcublas.so.13")
+
+    fake = FakeOnnxruntimeGpu()
+    preload_cuda_libraries(fake)
+    preload_cuda_libraries(fake)  # once per process
+    out, err = capsys.readouterr()
+    assert out == "" and "libcublas" in err and calls == [1]
