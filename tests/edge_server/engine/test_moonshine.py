@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_server.engine.moonshine import MASK_STRIDE, MoonshineEngine
+from edge_server.engine.moonshine import (
+    MASK_STRIDE,
+    MIN_SAMPLES,
+    MoonshineEngine,
+    padded_for_encoder,
+)
 from edge_server.engine.moonshine_tokenizer import MoonshineTokenizer
 from tests.conftest import DEV, LONGFORM
 
@@ -22,8 +27,10 @@ def alphanumeric(read, name: str) -> np.ndarray:
     return read(path)
 
 
-def plain_greedy(engine: MoonshineEngine, hidden: list[np.ndarray], budget: int) -> list[list]:
-    """Reference: numpy in, numpy out, every step through `session.run`, no row dropping."""
+def plain_greedy(engine: MoonshineEngine, hidden: list[np.ndarray], budget: int,
+                 first_token_rule: bool = True) -> list[list]:
+    """Reference: numpy in, numpy out, every step through `session.run`, no row dropping.
+    first_token_rule: as the engine, never EOS as a row's first token."""
     rows, frames = len(hidden), max(h.shape[0] for h in hidden)
     states = np.zeros((rows, frames, hidden[0].shape[1]), np.float32)
     mask = np.zeros((rows, frames * MASK_STRIDE), np.int64)
@@ -42,7 +49,10 @@ def plain_greedy(engine: MoonshineEngine, hidden: list[np.ndarray], budget: int)
             feed["encoder_attention_mask"] = mask
         feed |= {f"past_key_values.{k}": v for k, v in past.items()}
         res = dict(zip(engine.output_names, engine.decoder.run(None, feed), strict=True))
-        nxt = res["logits"][:, -1].argmax(-1)
+        logits = np.array(res["logits"][:, -1])
+        if step == 0 and first_token_rule:
+            logits[:, MoonshineTokenizer.eos_id] = -np.inf
+        nxt = logits.argmax(-1)
         for r in range(rows):
             if not done[r]:
                 if nxt[r] == MoonshineTokenizer.eos_id:
@@ -81,6 +91,27 @@ def test_loop_guard_leaves_long_form_speech_alone(engine):
     assert guarded == engine._greedy_decode([hidden], [budget], check_loops=False)
     assert engine.stats.loops == loops_before
     assert len(guarded[0]) > 100
+
+
+def test_short_input_is_zero_padded_at_its_end_to_two_seconds():
+    assert MIN_SAMPLES == 32_000
+    clip = np.linspace(-0.5, 0.5, 16_000, dtype=np.float32)
+    padded = padded_for_encoder(clip)
+    assert len(padded) == 32_000
+    assert np.array_equal(padded[:16_000], clip) and not padded[16_000:].any()
+    long = np.ones(40_000, np.float32)
+    assert padded_for_encoder(long) is long
+
+
+def test_a_rows_first_token_is_never_eos(base_engine):
+    """Base's decoder, left to itself, ends at once on 2 s of silence (EOS first): the
+    engine's rows come with speech in them (VAD), so it takes the best other token."""
+    silence = np.zeros(32_000, np.float32)
+    hidden = base_engine.encode(silence)
+    assert plain_greedy(base_engine, [hidden], 8, first_token_rule=False) == [[]]
+    tokens = base_engine._greedy_decode([hidden], [8])[0]
+    assert tokens and tokens == plain_greedy(base_engine, [hidden], 8)[0]
+    assert base_engine.transcribe(silence) != ""
 
 
 def test_token_budget_scales_with_audio():

@@ -1,10 +1,13 @@
 """The engine against the reference decoder (sherpa-onnx's Moonshine v2 recognizer).
 
 One by one, the engine must give sherpa-onnx's exact text (same model files, same ONNX
-Runtime series): tiny on the whole corpus, base (as shipped: sherpa-onnx loads its .ort
-files) on a handful of sentences. Batched, tiny's int8 decoder quantizes activations per
-tensor, so rows of a batch nudge each other's rounding: the test pins how far that may go
-(docs/engine.md). Float forms (models.store, where prepared) must batch exactly.
+Runtime series) on the samples its encoder sees (short clips zero-padded to 2 s, the
+engine's own rule): tiny on the whole corpus, base (as shipped: sherpa-onnx loads its .ort
+files) on a handful of sentences. The one intended difference is the engine's first-token
+rule: where sherpa-onnx ends at once with nothing, the engine gives a text. Batched, tiny's
+int8 decoder quantizes activations per tensor, so rows of a batch nudge each other's
+rounding: the test pins how far that may go (docs/engine.md). Float forms (models.store,
+where prepared) must batch exactly.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_server.engine.moonshine import padded_for_encoder
 from edge_server.evaluation import normalize, word_error_rate
 from tests.conftest import DEV, dev_rows
 from tests.edge_server.engine.conftest import model_available
@@ -32,7 +36,7 @@ def sherpa_for(engine, folder):
 
     def decode(audio: np.ndarray) -> str:
         stream = rec.create_stream()
-        stream.accept_waveform(16_000, audio)
+        stream.accept_waveform(16_000, padded_for_encoder(audio))
         rec.decode_stream(stream)
         return stream.result.text.strip()
 
