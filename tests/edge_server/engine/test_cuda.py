@@ -99,6 +99,23 @@ def test_cuda_matches_cpu_and_batches(cuda_engines, model_id, read):
 
 @pytest.mark.cuda
 @needs_cuda
+@pytest.mark.parametrize("model_id", ["moonshine-tiny-en", "moonshine-base-en"])
+def test_a_draft_prefix_on_cuda_gives_the_free_decode(cuda_engines, model_id, read):
+    """A partial's draft (the previous partial's tokens, then a wrong tail) is prefilled
+    and the self-attention cache cut back to the agreed tokens on the device: the free
+    decode's text, up to float rounding at a near tie (at most one clip of four)."""
+    eng = cuda_engines[model_id]
+    clips = [read(r["path"]) for r in dev_rows(SENTENCE_SETS)[:4]]
+    free = [eng.decode_batch([a])[0] for a in clips]
+    drafts = [ref.tokens[:5] + ref.tokens[6:9] for ref in free]
+    offered, kept = eng.stats.prefix_offered, eng.stats.prefix_kept
+    drafted = [eng.decode_batch([a], [d])[0] for a, d in zip(clips, drafts, strict=True)]
+    assert sum(d.text == f.text for d, f in zip(drafted, free, strict=True)) >= 3, drafted
+    assert 0 < eng.stats.prefix_kept - kept < eng.stats.prefix_offered - offered
+
+
+@pytest.mark.cuda
+@needs_cuda
 def test_int8_form_is_refused_on_cuda_and_auto_says_cpu():
     with pytest.raises(EngineError, match="Use the float form"):
         create_engine("moonshine-tiny-en", device="cuda", form=int8_form("moonshine-tiny-en"))
