@@ -67,7 +67,8 @@ MASK_STRIDE = costmodel.MASK_STRIDE  # samples per encoder frame
 # Shorter input is zero-padded at its end to 2 s before encoding. Words said alone in about a
 # second are often misheard otherwise (220 one-second clips of letters and digits: tiny 129
 # errors -> 67, base 125 -> 53 with the first-token rule below; the dev sentences are
-# unchanged); padding at the start instead hurts base. docs/engine.md "Short utterances".
+# unchanged). Only at the end: short clips grow, long ones cost nothing more. The sweep
+# behind both rules: bench/short_utterances.py, docs/engine.md "Short utterances".
 MIN_SAMPLES = 32_000
 # Token cap: tiny and base both produce ~3-4 tokens per second of read speech (dev sentences:
 # at most 4.6/s, base as tiny); 6.5/s + 8 leaves room for fast speech, digits and spelling.
@@ -111,6 +112,7 @@ class MoonshineEngine(AsrEngine):
     def __init__(self, model_id: str, paths: Mapping[str, Path], factory: SessionFactory,
                  form: str = "shipped", warm_up: bool = True) -> None:
         self.model_id = model_id
+        self.first_token_never_eos = True  # the first-token rule; off only to measure it
         self.form = form
         self.paths = {role: Path(p) for role, p in paths.items()}
         self.stats = DecodeStats()
@@ -314,7 +316,7 @@ class MoonshineEngine(AsrEngine):
             self.decoder.run_with_iobinding(binding)
             result = dict(zip(self.output_names, binding.get_outputs(), strict=True))
             logits = result["logits"].numpy()
-            if step == 0 and (verify or not plen):
+            if step == 0 and (verify or not plen) and self.first_token_never_eos:
                 # a row never ends before its first token: rows come with speech in them
                 # (VAD), and base otherwise returns nothing for many short words
                 logits = np.array(logits)
